@@ -96,14 +96,18 @@ def write_lock(path: Path, lock: IsoLock) -> None:
 
 # --- resolving (network) -----------------------------------------------------------------
 def resolve_channel(channel: str, *, base_url: str = CHANNELS_BASE_URL, timeout: float = 30.0,
-                    session: Any = None) -> IsoLock:
-    """Follow the channel's latest-* redirect and read the release's sha256 file."""
+                    session: Any = None, verify: bool | str = True) -> IsoLock:
+    """Follow the channel's latest-* redirect and read the release's sha256 file.
+
+    ``verify`` is passed per request (a CA bundle path or True): requests lets
+    ``$REQUESTS_CA_BUNDLE`` override a session-level setting, not a per-request one.
+    """
     import requests
 
     http = session or requests.Session()
     source_url = channel_latest_url(channel, base_url)
     try:
-        head = http.head(source_url, allow_redirects=False, timeout=timeout)
+        head = http.head(source_url, allow_redirects=False, timeout=timeout, verify=verify)
     except requests.RequestException as exc:
         raise LockError(
             f"cannot resolve {channel}: {source_url} is unreachable ({_reason(exc)}). "
@@ -119,7 +123,7 @@ def resolve_channel(channel: str, *, base_url: str = CHANNELS_BASE_URL, timeout:
         raise LockError(f"cannot resolve {channel}: redirect target {location!r} is not a pinned https .iso URL")
     sha_url = location + ".sha256"
     try:
-        sha_resp = http.get(sha_url, timeout=timeout)
+        sha_resp = http.get(sha_url, timeout=timeout, verify=verify)
     except requests.RequestException as exc:
         raise LockError(f"cannot fetch {sha_url} ({_reason(exc)})") from exc
     if sha_resp.status_code != 200:
