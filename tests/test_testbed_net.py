@@ -1,0 +1,209 @@
+"""The test bed's namespaced guest network (tests/testbed/net.py).  Needs root."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.testbed.net import TestbedNetwork, TestbedNetworkError
+
+pytestmark = pytest.mark.vm
+
+# Distinct from the 10.99.0.0/24 default so a hand-started nixgold-testbed
+# network and this test can coexist (they are in different namespaces anyway).
+SUBNET = "10.98.0.0/24"
+
+
+def _host_links() -> set[str]:
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {rec["ifname"] for rec in json.loads(out)}
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for init to reap it counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _netns_list() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture
+def net(tmp_path):
+    n = TestbedNetwork(
+        netns=f"ngtest-{os.getpid()}",
+        subnet=SUBNET,
+        host_ip="10.98.0.1/24",
+        dhcp_range=("10.98.0.50", "10.98.0.60"),
+        state_dir=tmp_path / "state",
+    )
+    yield n
+    if n.exists():
+        n.down()
+
+
+def test_up_creates_bridge_dnsmasq_and_taps(net):
+    host_before = _host_links()
+    assert not net.exists()
+    net.up()
+    assert net.exists()
+    assert net.netns in _netns_list()
+
+    # Bridge inside the namespace, up, with the host address.
+    addr = subprocess.run(
+        net.exec_argv(["ip", "-j", "addr", "show", "dev", "vmbr0"]), capture_output=True, text=True, check=True
+    )
+    (rec,) = json.loads(addr.stdout)
+    assert "UP" in rec["flags"]
+    assert {(a["local"], a["prefixlen"]) for a in rec["addr_info"]} >= {("10.98.0.1", 24)}
+    assert net.links()["lo"]["operstate"] in ("UNKNOWN", "UP")
+
+    # dnsmasq: running, ours, inside the namespace, DHCP only.
+    pid = net.dnsmasq_pid()
+    assert pid is not None
+    assert pid in net.ns_pids()
+    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--port=0" in cmd and b"--interface=vmbr0" in cmd
+
+    # Idempotent.
+    net.up()
+    assert net.dnsmasq_pid() == pid
+
+    tap = net.add_tap("ngtap0")
+    assert tap == "ngtap0"
+    links = net.links()
+    assert links["ngtap0"]["master"] == "vmbr0"
+    assert "UP" in links["ngtap0"]["flags"]
+    assert net.taps() == ["ngtap0"]
+    assert net.add_tap("ngtap0") == "ngtap0"  # idempotent too
+    net.add_tap("ngtap1")
+    net.remove_tap("ngtap1")
+    net.remove_tap("ngtap1")  # already gone: fine
+    assert net.taps() == ["ngtap0"]
+
+    # Nothing appeared in the host namespace.
+    assert _host_links() - host_before == set()
+    assert net.leases() == {}
+    status = net.status()
+    assert status["bridge_up"] and status["dnsmasq_pid"] == pid and status["taps"] == ["ngtap0"]
+
+
+def test_enter_switches_only_the_current_thread(net):
+    net.up()
+    outside_ino = os.stat("/proc/thread-self/ns/net").st_ino
+    with net.enter():
+        inside_ino = os.stat("/proc/thread-self/ns/net").st_ino
+        assert inside_ino == os.stat(net.netns_path).st_ino != outside_ino
+        names = {name for _, name in socket.if_nameindex()}
+        assert "vmbr0" in names
+        # A socket opened in here can bind the bridge address.
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("10.98.0.1", 0))
+        s.close()
+        # Subprocesses inherit the thread's namespace.
+        out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+        assert "vmbr0" in {rec["ifname"] for rec in json.loads(out)}
+        # Other threads stay outside.
+        seen = {}
+        t = threading.Thread(target=lambda: seen.update(ino=os.stat("/proc/thread-self/ns/net").st_ino))
+        t.start()
+        t.join()
+        # A new thread inherits the creator's namespace on Linux...
+        assert seen["ino"] == inside_ino
+    # ...and after exit this thread is back outside.
+    assert os.stat("/proc/thread-self/ns/net").st_ino == outside_ino
+    assert "vmbr0" not in {name for _, name in socket.if_nameindex()} or "vmbr0" in _host_links()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with pytest.raises(OSError):
+        s.bind(("10.98.0.1", 0))
+    s.close()
+
+
+def test_down_leaves_nothing(net):
+    net.up()
+    net.add_tap("ngtap0")
+    pid = net.dnsmasq_pid()
+    ino = os.stat(net.netns_path).st_ino
+    # A straggler process inside the namespace (like a QEMU left by a crashed test).
+    straggler = subprocess.Popen(net.exec_argv(["sleep", "600"]))
+    try:
+        net.down()
+    finally:
+        straggler.poll() is None and straggler.kill()
+        straggler.wait()
+    assert not net.exists()
+    assert net.netns not in _netns_list()
+    assert _gone(pid)
+    assert straggler.returncode is not None
+    assert "ngtap0" not in _host_links()
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and not _gone(int(p.name)):
+            try:
+                assert os.stat(p / "ns" / "net").st_ino != ino, f"pid {p.name} still in the namespace"
+            except OSError:  # gone meanwhile, or not ours to look at (pid 1 here)
+                pass
+    net.down()  # already down: no error
+
+
+def test_down_refuses_to_leave_stragglers_silently(net):
+    net.up()
+    straggler = subprocess.Popen(net.exec_argv(["sleep", "600"]))
+    try:
+        with pytest.raises(TestbedNetworkError, match="processes still in netns"):
+            net.down(kill_stragglers=False)
+    finally:
+        straggler.kill()
+        straggler.wait()
+    net.down()
+    assert not net.exists()
+
+
+def test_leases_parses_dnsmasq_file(net, tmp_path):
+    net.state_dir.mkdir(parents=True)
+    net.lease_file.write_text(
+        "1900000000 BC:24:11:00:00:01 10.98.0.50 guest1 01:bc:24:11:00:00:01\n"
+        "1900000000 bc:24:11:00:00:02 10.98.0.51 * *\n"
+        "duid 00:01:00:01:2c:aa:bb:cc\n"
+    )
+    assert net.leases() == {"bc:24:11:00:00:01": "10.98.0.50", "bc:24:11:00:00:02": "10.98.0.51"}
+    assert net.wait_for_lease("bc:24:11:00:00:02", timeout=1) == "10.98.0.51"
+    with pytest.raises(TimeoutError):
+        net.wait_for_lease("bc:24:11:00:00:03", timeout=0.2, poll=0.05)
+
+
+def test_bad_names_rejected():
+    with pytest.raises(ValueError):
+        TestbedNetwork(netns="a/b")
+    with pytest.raises(ValueError):
+        TestbedNetwork(host_ip="10.1.0.1/24")
+    n = TestbedNetwork(netns="ngtest-names")
+    with pytest.raises(ValueError):
+        n.add_tap("this-name-is-way-too-long")
+
+
+def test_cli_up_status_down():
+    ns = f"ngcli-{os.getpid()}"
+    py = [sys.executable, "-m", "tests.testbed.net"]
+    env = dict(os.environ)
+    cwd = Path(__file__).resolve().parent.parent
+    try:
+        up = subprocess.run([*py, "up", "--netns", ns], capture_output=True, text=True, cwd=cwd, env=env)
+        assert up.returncode == 0, up.stderr
+        st = json.loads(subprocess.run([*py, "status", "--netns", ns], capture_output=True, text=True, cwd=cwd, check=True).stdout)
+        assert st["exists"] and st["bridge_up"] and st["dnsmasq_pid"]
+        down = subprocess.run([*py, "down", "--netns", ns], capture_output=True, text=True, cwd=cwd)
+        assert down.returncode == 0, down.stderr
+        assert ns not in _netns_list()
+    finally:
+        TestbedNetwork(netns=ns).down()

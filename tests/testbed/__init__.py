@@ -1,0 +1,1 @@
+"""nixgold test bed: Proxmox API simulator, stand-in images, namespaced network."""

@@ -1,0 +1,563 @@
+"""Stand-in cloud images for the nixgold test bed.
+
+There is no NixOS image here, so the test bed boots a small Debian 12 guest that
+behaves like a cloud template: cloud-init (NoCloud only), sshd, qemu-guest-agent,
+growpart, serial console, empty machine-id, no SSH host keys.  Broken *variants*
+flip one switch each so the verifier's negative tests have something to catch.
+
+    python -m tests.testbed.images.build [--variant V | --all] [--cache-dir DIR] [--force]
+
+Output (cached by recipe hash, built atomically)::
+
+    ~/.cache/nixgold-testbed/images/<variant>-<recipe-hash>/
+        disk.qcow2   2 GiB virtual, MBR, partition 1 = ext4 LABEL=nixgold-root
+        vmlinuz      boot with -kernel/-initrd/-append CMDLINE
+        initrd.img
+        image.json   variant, recipe hash, cmdline, build time/duration, versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from . import base
+from .base import ImageBuildError, chroot, default_cache_dir, run
+
+__all__ = [
+    "CMDLINE",
+    "DISK_SIZE",
+    "ROOT_LABEL",
+    "VARIANTS",
+    "ImageBuildError",
+    "ImageInfo",
+    "Variant",
+    "build_image",
+    "default_cache_dir",
+    "load_image",
+    "recipe_hash",
+]
+
+Log = Callable[[str], None]
+
+DISK_SIZE = 2 << 30  # virtual size of disk.qcow2
+PART_START = 1 << 20  # partition 1 starts at 1 MiB
+ROOT_LABEL = "nixgold-root"
+ROOT_UUID = "6e697867-6f6c-4400-8000-726f6f746673"  # fixed: reproducible image
+DISK_SIGNATURE = 0x6E697867  # MBR disk identifier ("nixg")
+# net.ifnames=0: the NIC is eth0, as in Proxmox's cloud-init network config.
+CMDLINE = f"root=LABEL={ROOT_LABEL} ro console=tty0 console=ttyS0,115200 net.ifnames=0"
+BAKED_MACHINE_ID = "5eed5eed5eed5eed5eed5eed5eed5eed"
+TYPED_LINES_LOG = "/var/log/typed-lines.log"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Recipe switches.  ``good`` has all defaults; each broken variant flips one."""
+
+    name: str
+    description: str
+    agent_enabled: bool = True
+    ssh_password_auth: bool = False
+    machine_id: str = ""  # "" = zero-length /etc/machine-id (regenerated per boot of a clone)
+    keep_host_keys: bool = False
+    cloud_init_fails: bool = False
+
+    def switches(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("description")
+        return d
+
+
+VARIANTS: Mapping[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("good", "healthy cloud template: every verifier check passes"),
+        Variant(
+            "agent-off",
+            "qemu-guest-agent installed but disabled: it does not start although the virtio port appears",
+            agent_enabled=False,
+        ),
+        Variant(
+            "sshd-password",
+            "sshd allows password authentication (sshd_config.d/00-* drop-in that wins)",
+            ssh_password_auth=True,
+        ),
+        Variant(
+            "machine-id-baked",
+            f"/etc/machine-id holds the fixed id {BAKED_MACHINE_ID} (all clones share it)",
+            machine_id=BAKED_MACHINE_ID,
+        ),
+        Variant(
+            "hostkeys-baked",
+            "SSH host keys baked into the image and cloud-init told to keep them (all clones share them)",
+            keep_host_keys=True,
+        ),
+        Variant(
+            "cloud-init-fails",
+            "a cloud.cfg.d bootcmd exits 1: cloud-init status is error, but boot, SSH and the user still work",
+            cloud_init_fails=True,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A built image.  ``built`` is True when this call built it (False: cache hit);
+    ``seconds`` is how long this call took; ``build_seconds`` the recorded cold build."""
+
+    variant: str
+    disk: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    recipe_hash: str
+    path: Path
+    built: bool = False
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+
+    def metadata(self) -> dict:
+        """The parsed ``image.json``."""
+        return json.loads((self.path / "image.json").read_text())
+
+
+# ------------------------------------------------------------------ hashing
+def _variant(variant: str | Variant) -> Variant:
+    if isinstance(variant, Variant):
+        return variant
+    try:
+        return VARIANTS[variant]
+    except KeyError:
+        raise ValueError(f"unknown image variant {variant!r}; known: {', '.join(VARIANTS)}") from None
+
+
+def _source_digest() -> str:
+    # This file only: base.py is covered by the base hash, and guest.py and
+    # __init__.py do not shape the image.
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def recipe_hash(
+    variant: str | Variant = "good",
+    *,
+    packages: Sequence[str] | None = None,
+    suite: str | None = None,
+    mirror: str | None = None,
+) -> str:
+    """16 hex digits over everything that determines the image: the base (suite,
+    mirror, package list), the variant's switches, the builder source and layout."""
+    v = _variant(variant)
+    payload = {
+        "base": base.base_hash(packages=packages, suite=suite, mirror=mirror),
+        "switches": v.switches(),
+        "source": _source_digest(),
+        "disk_size": DISK_SIZE,
+        "part_start": PART_START,
+        "cmdline": CMDLINE,
+        "root": [ROOT_LABEL, ROOT_UUID],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------- public
+def _complete(path: Path) -> bool:
+    return all((path / f).is_file() for f in ("disk.qcow2", "vmlinuz", "initrd.img", "image.json"))
+
+
+def _info(path: Path, *, built: bool, seconds: float) -> ImageInfo:
+    meta = json.loads((path / "image.json").read_text())
+    return ImageInfo(
+        variant=meta["variant"],
+        disk=path / "disk.qcow2",
+        kernel=path / "vmlinuz",
+        initrd=path / "initrd.img",
+        cmdline=meta["cmdline"],
+        recipe_hash=meta["recipe_hash"],
+        path=path,
+        built=built,
+        seconds=round(seconds, 3),
+        build_seconds=float(meta.get("build_seconds", 0.0)),
+    )
+
+
+def load_image(variant: str = "good", cache_dir: Path | str | None = None) -> ImageInfo | None:
+    """The cached image for ``variant`` if it is complete, else None (never builds)."""
+    v = _variant(variant)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = cache / f"{v.name}-{recipe_hash(v)}"
+    return _info(path, built=False, seconds=0.0) if _complete(path) else None
+
+
+def build_image(
+    variant: str = "good",
+    cache_dir: Path | str | None = None,
+    log: Log | None = print,
+    *,
+    force: bool = False,
+) -> ImageInfo:
+    """Build (or reuse from cache) the stand-in image ``variant``.
+
+    Cache: ``<cache_dir>/<variant>-<recipe_hash>/`` (default cache dir
+    ``~/.cache/nixgold-testbed/images``).  A complete cached image is returned
+    at once; otherwise it is built in a temporary directory and renamed into
+    place.  Concurrent callers serialise on a lock file.
+    """
+    t0 = time.monotonic()
+    v = _variant(variant)
+    logf: Log = log or (lambda _msg: None)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    rh = recipe_hash(v)
+    final = cache / f"{v.name}-{rh}"
+    if not force and _complete(final):
+        return _info(final, built=False, seconds=time.monotonic() - t0)
+    with base.file_lock(cache / ".locks" / f"{v.name}-{rh}.lock"):
+        if not force and _complete(final):  # somebody else built it meanwhile
+            return _info(final, built=False, seconds=time.monotonic() - t0)
+        _build(v, rh, cache, final, logf, t0)
+    return _info(final, built=True, seconds=time.monotonic() - t0)
+
+
+# -------------------------------------------------------------------- build
+def _build(v: Variant, rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
+    def stage(msg: str) -> None:
+        log(f"[image {v.name}-{rh}] {msg} ({time.monotonic() - t0:.1f}s)")
+
+    for tool in ("mke2fs", "qemu-img", "tar", "chroot"):
+        if shutil.which(tool) is None:
+            raise ImageBuildError(f"{tool} not found (see tests/testbed/images/README)")
+    tarball, base_meta = base.ensure_base(cache, log)
+    stage(f"base tree ready: {tarball}")
+    scratch = Path(tempfile.mkdtemp(prefix=f"nixgold-image-{v.name}-", dir=base.work_root()))
+    out = Path(tempfile.mkdtemp(prefix=f".tmp-{v.name}-{rh}-", dir=cache))
+    try:
+        root = scratch / "root"
+        base.tar_extract(tarball, root)
+        stage("base tree unpacked")
+        configure_tree(root, v)
+        versions = base.package_versions(root)
+        clean_tree(root, v)
+        host_keys = sorted(p.read_text().split()[0] + " " + p.read_text().split()[1]
+                           for p in (root / "etc/ssh").glob("ssh_host_*_key.pub"))
+        stage("tree configured")
+
+        kernels = sorted((root / "boot").glob("vmlinuz-*"))
+        initrds = sorted((root / "boot").glob("initrd.img-*"))
+        if len(kernels) != 1 or len(initrds) != 1:
+            raise ImageBuildError(f"expected one kernel and one initrd in /boot, found {kernels} {initrds}")
+        shutil.copy2(kernels[0], out / "vmlinuz")
+        shutil.copy2(initrds[0], out / "initrd.img")
+
+        raw = scratch / "disk.raw"
+        make_disk(root, raw)
+        stage("ext4 root file system written (mke2fs -d)")
+        run(
+            ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd",
+             "-m", "4", "-W", str(raw), str(out / "disk.qcow2")]
+        )
+        stage("disk.qcow2 written")
+
+        meta = {
+            "variant": v.name,
+            "description": v.description,
+            "switches": v.switches(),
+            "recipe_hash": rh,
+            "base_hash": base_meta["base_hash"],
+            "suite": base_meta["suite"],
+            "mirror": base_meta["mirror"],
+            "cmdline": CMDLINE,
+            "kernel_version": kernels[0].name.removeprefix("vmlinuz-"),
+            "root": {"label": ROOT_LABEL, "uuid": ROOT_UUID, "fstype": "ext4", "partition": 1},
+            "disk_virtual_size": DISK_SIZE,
+            "disk_file_size": (out / "disk.qcow2").stat().st_size,
+            "typed_lines_log": TYPED_LINES_LOG,
+            "machine_id": v.machine_id,  # "" = empty file, generated at first boot
+            "host_keys": host_keys,  # public host keys baked into the image ([] = none)
+            "package_versions": {
+                k: versions.get(k)
+                for k in ("cloud-init", "openssh-server", "qemu-guest-agent", "systemd",
+                          f"linux-image-{kernels[0].name.removeprefix('vmlinuz-')}")
+            },
+            "build_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "base_build_seconds": base_meta.get("build_seconds"),
+            "build_seconds": round(time.monotonic() - t0, 1),
+        }
+        (out / "image.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.chmod(out, 0o755)
+        if final.exists():
+            base.safe_rmtree(final)
+        os.rename(out, final)
+        stage(f"cached at {final}")
+    finally:
+        base.safe_rmtree(scratch)
+        base.safe_rmtree(out)
+
+
+def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> Path:
+    p = root / rel.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_symlink():
+        p.unlink()
+    p.write_text(text)
+    os.chmod(p, mode)
+    return p
+
+
+def _symlink(root: Path, rel: str, target: str) -> None:
+    p = root / rel.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.is_symlink() or p.exists():
+        p.unlink()
+    p.symlink_to(target)
+
+
+QGA_UNIT = """\
+# nixgold test bed: Debian's unit plus an [Install] section, so that the agent
+# has a real enabled/disabled state ("static" in Debian).  Enabled = wanted by
+# the virtio-serial port's device unit (as in Fedora/RHEL), started when it appears.
+[Unit]
+Description=QEMU Guest Agent
+BindsTo=dev-virtio\\x2dports-org.qemu.guest_agent.0.device
+After=dev-virtio\\x2dports-org.qemu.guest_agent.0.device
+
+[Service]
+ExecStart=-/usr/sbin/qemu-ga
+Restart=always
+RestartSec=0
+
+[Install]
+WantedBy=dev-virtio\\x2dports-org.qemu.guest_agent.0.device
+"""
+
+# Same as Debian's rule minus SYSTEMD_WANTS, so a disabled agent stays off.
+QGA_UDEV = """\
+# nixgold test bed: the agent is started through its [Install] section, not udev.
+SUBSYSTEM=="virtio-ports", ATTR{name}=="org.qemu.guest_agent.0", TAG+="systemd"
+"""
+
+TTY1_LOGGER = f"""\
+#!/bin/sh
+# nixgold test bed: append every line typed on the tty1 console to {TYPED_LINES_LOG},
+# so a test can prove that keystrokes sent to the guest (Proxmox sendkey) arrived.
+printf 'typed-line logger on tty1: lines go to %s\\n' '{TYPED_LINES_LOG}'
+while IFS= read -r line; do
+    printf '%s\\n' "$line" >> {TYPED_LINES_LOG}
+done
+"""
+
+TTY1_UNIT = """\
+[Unit]
+Description=nixgold test bed: log lines typed on tty1
+After=systemd-user-sessions.service
+Conflicts=getty@tty1.service autovt@tty1.service
+ConditionPathExists=/dev/tty1
+
+[Service]
+ExecStart=/usr/local/sbin/tty1-line-logger
+StandardInput=tty
+StandardOutput=tty
+StandardError=journal
+TTYPath=/dev/tty1
+TTYReset=yes
+TTYVHangup=yes
+TTYVTDisallocate=no
+Restart=always
+RestartSec=0
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def configure_tree(root: Path, v: Variant) -> None:
+    """Turn the debootstrap base into a cloud template (+ the variant's defect)."""
+    _write(root, "etc/hostname", "localhost\n")
+    _write(
+        root,
+        "etc/hosts",
+        "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n",
+    )
+    _write(root, "etc/fstab", f"LABEL={ROOT_LABEL}\t/\text4\tdefaults,errors=remount-ro\t0\t1\n")
+    _write(root, "etc/resolv.conf", "# nixgold test bed: no DNS on the guest network\n")
+
+    # cloud-init: NoCloud only (single-line list: ds-identify parses it), render
+    # network config for systemd-networkd.
+    _write(
+        root,
+        "etc/cloud/cloud.cfg.d/90_nixgold_testbed.cfg",
+        "# nixgold test bed\n"
+        "datasource_list: [ NoCloud, None ]\n"
+        "system_info:\n"
+        "  network:\n"
+        "    renderers: ['networkd']\n"
+        "# bookworm's sshd does not use DSA keys; no need to make one.\n"
+        "ssh_genkeytypes: [rsa, ecdsa, ed25519]\n"
+        "# no GRUB in this image (direct kernel boot): skip the debconf round trip.\n"
+        "grub_dpkg:\n"
+        "  enabled: false\n",
+    )
+    chroot(root, "systemctl", "enable", "systemd-networkd.service", "systemd-networkd-wait-online.service")
+    # Only wait for one link (eth0), and not forever.
+    _write(
+        root,
+        "etc/systemd/system/systemd-networkd-wait-online.service.d/nixgold.conf",
+        "[Service]\nExecStart=\nExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60\n",
+    )
+
+    # sshd: keys only.  Debian's sshd_config leaves PasswordAuthentication at its
+    # default (yes), so the good image must say no.
+    _write(
+        root,
+        "etc/ssh/sshd_config.d/50-nixgold-testbed.conf",
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+    )
+    # cloud-init's ssh module regenerates the host keys on first boot (before
+    # ssh.service); should cloud-init not get that far, still start sshd.
+    _write(
+        root,
+        "etc/systemd/system/ssh.service.d/nixgold-hostkeys.conf",
+        "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+    )
+
+    # qemu-guest-agent: give it an enabled/disabled state.
+    _write(root, "etc/systemd/system/qemu-guest-agent.service", QGA_UNIT)
+    _write(root, "etc/udev/rules.d/60-qemu-guest-agent.rules", QGA_UDEV)
+    chroot(root, "update-rc.d", "-f", "qemu-guest-agent", "remove")
+    chroot(root, "systemctl", "enable" if v.agent_enabled else "disable", "qemu-guest-agent.service")
+
+    # Console: tty1 runs the line logger instead of a getty; getty on ttyS0.
+    _write(root, "usr/local/sbin/tty1-line-logger", TTY1_LOGGER, 0o755)
+    _write(root, "etc/systemd/system/tty1-line-logger.service", TTY1_UNIT)
+    (root / "etc/systemd/system/getty.target.wants/getty@tty1.service").unlink(missing_ok=True)
+    chroot(root, "systemctl", "mask", "getty@tty1.service")
+    chroot(root, "systemctl", "enable", "tty1-line-logger.service", "serial-getty@ttyS0.service")
+
+    # No network to fetch from; keep the timers from waking up under TCG.
+    # e2scrub_reap alone costs ~14 s of CPU at boot under TCG.
+    chroot(
+        root, "systemctl", "disable", "apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer",
+        "e2scrub_reap.service", "fstrim.timer", "dpkg-db-backup.timer",
+    )
+
+    chroot(root, "passwd", "--lock", "root")
+
+    # ---- the variant's defect
+    if v.ssh_password_auth:
+        # sshd takes the first value it reads; 00-* sorts before our 50-* drop-in.
+        _write(root, "etc/ssh/sshd_config.d/00-allow-passwords.conf", "PasswordAuthentication yes\n")
+    if v.keep_host_keys:
+        # The keys debootstrap's openssh-server postinst generated stay, and
+        # cloud-init (ssh_deletekeys defaults to true) must not replace them.
+        _write(root, "etc/cloud/cloud.cfg.d/95_keep_host_keys.cfg", "ssh_deletekeys: false\n")
+    if v.cloud_init_fails:
+        _write(
+            root,
+            "etc/cloud/cloud.cfg.d/95_failing_bootcmd.cfg",
+            "# nixgold test bed (cloud-init-fails): a module error, nothing else breaks\n"
+            "bootcmd:\n"
+            "  - [sh, -c, 'echo nixgold-testbed: deliberate bootcmd failure >&2; exit 1']\n",
+        )
+
+
+def clean_tree(root: Path, v: Variant) -> None:
+    """`cloud-init clean`, empty machine-id, no host keys, no logs or caches."""
+    for rel in ("var/lib/cloud", "var/log/cloud-init.log", "var/log/cloud-init-output.log"):
+        p = root / rel
+        if p.is_dir():
+            shutil.rmtree(p)
+            p.mkdir()
+        else:
+            p.unlink(missing_ok=True)
+    _write(root, "etc/machine-id", (v.machine_id + "\n") if v.machine_id else "", 0o444)
+    _symlink(root, "var/lib/dbus/machine-id", "/etc/machine-id")
+    if not v.keep_host_keys:
+        for key in (root / "etc/ssh").glob("ssh_host_*"):
+            key.unlink()
+    elif not list((root / "etc/ssh").glob("ssh_host_*_key")):
+        raise ImageBuildError("hostkeys-baked: the base tree has no SSH host keys")
+    for rel in ("var/lib/systemd/random-seed", "var/lib/systemd/credential.secret", "root/.bash_history"):
+        (root / rel).unlink(missing_ok=True)
+    for d in ("tmp", "var/tmp", "var/cache/apt", "var/lib/dhcp"):
+        p = root / d
+        if p.is_dir():
+            for child in p.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    for log in (root / "var/log").rglob("*"):
+        if log.is_file() and not log.is_symlink():
+            log.write_bytes(b"")
+
+
+def mbr(disk_size: int, part_start: int, signature: int) -> bytes:
+    """A DOS partition table with one bootable Linux partition to the end of the disk."""
+    first = part_start // 512
+    count = disk_size // 512 - first
+    sector = bytearray(512)
+    struct.pack_into("<I", sector, 440, signature)
+    # status, CHS first (LBA-only marker), type 0x83, CHS last, LBA first, sectors
+    sector[446:462] = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", first, count)
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+def make_disk(root: Path, raw: Path) -> None:
+    """Sparse raw disk: MBR + ext4 (populated from ``root`` by ``mke2fs -d``,
+    no mounting) filling partition 1."""
+    with open(raw, "wb") as fh:
+        fh.truncate(DISK_SIZE)
+        fh.write(mbr(DISK_SIZE, PART_START, DISK_SIGNATURE))
+    blocks = (DISK_SIZE - PART_START) // 4096
+    run(
+        [
+            "mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096",
+            "-L", ROOT_LABEL, "-U", ROOT_UUID,
+            "-E", f"offset={PART_START},root_owner=0:0,lazy_itable_init=0",
+            "-d", str(root),
+            str(raw), str(blocks),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.testbed.images.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="repeatable; default: good")
+    parser.add_argument("--all", action="store_true", help="build every variant")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--json", action="store_true", help="print ImageInfo records as JSON")
+    args = parser.parse_args(argv)
+    names = list(VARIANTS) if args.all else (args.variant or ["good"])
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
+    infos = []
+    for name in names:
+        try:
+            info = build_image(name, args.cache_dir, log, force=args.force)
+        except ImageBuildError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        infos.append(info)
+        log(f"{name}: {'built' if info.built else 'cached'} in {info.seconds:.1f}s -> {info.path}")
+    if args.json:
+        print(json.dumps([{k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(i).items()} for i in infos], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
