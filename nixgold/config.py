@@ -115,7 +115,7 @@ class VmSettings:
 
     @property
     def disk_size_gib(self) -> float:
-        m = DISK_SIZE_RE.match(self.disk_size)
+        m = DISK_SIZE_RE.fullmatch(self.disk_size)
         assert m, self.disk_size
         return int(m.group(1)) * SIZE_UNITS[m.group(2)]
 
@@ -272,9 +272,9 @@ def load_credentials(config: Config, env: Mapping[str, str] | None = None) -> Cr
     issues: list[ConfigIssue] = []
     if creds.url is not None:
         _check_api_url("PROXMOX_URL", creds.url, issues)
-    if creds.token_id is not None and not TOKEN_ID_RE.match(creds.token_id):
+    if creds.token_id is not None and not TOKEN_ID_RE.fullmatch(creds.token_id):
         issues.append(ConfigIssue("PROXMOX_TOKEN_ID", creds.token_id, "user@realm!tokenid, e.g. nixgold@pve!build"))
-    if creds.username is not None and not USERID_RE.match(creds.username):
+    if creds.username is not None and not USERID_RE.fullmatch(creds.username):
         issues.append(ConfigIssue("PROXMOX_USERNAME", creds.username, "user@realm, e.g. root@pam"))
     if creds.ca_bundle is not None and not Path(creds.ca_bundle).is_file():
         issues.append(ConfigIssue("PROXMOX_CA_BUNDLE", creds.ca_bundle, "an existing PEM file"))
@@ -284,7 +284,7 @@ def load_credentials(config: Config, env: Mapping[str, str] | None = None) -> Cr
 
 
 def _check_api_url(key: str, url: str, issues: list[ConfigIssue]) -> None:
-    if not re.match(r"^https://[^/\s:]+(:\d+)?(/api2/json)?/?$", url):
+    if not re.fullmatch(r"^https://[^/\s:]+(:\d+)?(/api2/json)?/?$", url):
         issues.append(ConfigIssue(key, url, "https://<host>[:port][/api2/json], e.g. https://pve.lan:8006/api2/json"))
 
 
@@ -496,37 +496,37 @@ def _release_key(release: str) -> tuple[int, int]:
 def _validate(c: Config, issues: _Issues) -> None:
     add = issues.add
     # proxmox
-    if not NODE_RE.match(c.proxmox.node):
+    if not NODE_RE.fullmatch(c.proxmox.node):
         add("proxmox.node", c.proxmox.node, "a PVE node name (letters, digits, '-'; no '_' or dots)")
     if c.proxmox.url is not None:
         tmp: list[ConfigIssue] = []
         _check_api_url("proxmox.url", c.proxmox.url, tmp)
         for i in tmp:
             add(i.key, i.value, i.expected)
-    if c.proxmox.token_id is not None and not TOKEN_ID_RE.match(c.proxmox.token_id):
+    if c.proxmox.token_id is not None and not TOKEN_ID_RE.fullmatch(c.proxmox.token_id):
         add("proxmox.token_id", c.proxmox.token_id, "user@realm!tokenid, e.g. nixgold@pve!build")
-    if c.proxmox.username is not None and not USERID_RE.match(c.proxmox.username):
+    if c.proxmox.username is not None and not USERID_RE.fullmatch(c.proxmox.username):
         add("proxmox.username", c.proxmox.username, "user@realm, e.g. root@pam")
     if not 5 <= c.proxmox.timeout <= 600:
         add("proxmox.timeout", c.proxmox.timeout, "seconds between 5 and 600 (30 or more is wise)")
     # template
     if not 100 <= c.template.vmid <= 999_999_999:
         add("template.vmid", c.template.vmid, "a VM id between 100 and 999999999")
-    if not DNS_NAME_RE.match(c.template.name) or len(c.template.name) > 253:
+    if not DNS_NAME_RE.fullmatch(c.template.name) or len(c.template.name) > 253:
         add("template.name", c.template.name, "a DNS-style name (letters, digits, '-', dots; no '_' or spaces)")
     if not c.template.tags:
         add("template.tags", list(c.template.tags), "at least one tag (nixgold finds its templates by tag)")
     for i, tag in enumerate(c.template.tags):
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             add(f"template.tags[{i}]", tag, "a PVE tag: letters, digits, '_', '-', '+', '.' (not starting with - + .)")
-    if c.template.pool is not None and not STORAGE_ID_RE.match(c.template.pool):
+    if c.template.pool is not None and not STORAGE_ID_RE.fullmatch(c.template.pool):
         add("template.pool", c.template.pool, "a PVE pool id")
     # vm
     if not 1 <= c.vm.cores <= 128:
         add("vm.cores", c.vm.cores, "between 1 and 128")
     if not 1024 <= c.vm.memory <= 4 * 1024 * 1024:
         add("vm.memory", c.vm.memory, "MiB between 1024 (nixos-install needs it) and 4194304")
-    m = DISK_SIZE_RE.match(c.vm.disk_size)
+    m = DISK_SIZE_RE.fullmatch(c.vm.disk_size)
     if not m:
         add("vm.disk_size", c.vm.disk_size, "a size like 20G (digits followed by K, M, G or T)")
     elif int(m.group(1)) * SIZE_UNITS[m.group(2)] < 8:
@@ -537,20 +537,20 @@ def _validate(c: Config, issues: _Issues) -> None:
         add("vm.disk_format", c.vm.disk_format, "raw (LVM, ZFS, Ceph storages) or qcow2 (directory storages)")
     for key in ("storage", "cloud_init_storage", "efi_storage"):
         value = getattr(c.vm, key)
-        if value is not None and not STORAGE_ID_RE.match(value):
+        if value is not None and not STORAGE_ID_RE.fullmatch(value):
             add(f"vm.{key}", value, "a PVE storage id (e.g. local-lvm)")
-    if not BRIDGE_RE.match(c.vm.bridge):
+    if not BRIDGE_RE.fullmatch(c.vm.bridge):
         add("vm.bridge", c.vm.bridge, "a bridge id (e.g. vmbr0)")
     if c.vm.vlan is not None and not 1 <= c.vm.vlan <= 4094:
         add("vm.vlan", c.vm.vlan, "a VLAN tag between 1 and 4094")
     if c.vm.firmware not in ("uefi", "bios"):
         add("vm.firmware", c.vm.firmware, "uefi or bios")
-    if not re.match(r"^[A-Za-z0-9\-_.+]+$", c.vm.cpu_type):
+    if not re.fullmatch(r"^[A-Za-z0-9\-_.+]+$", c.vm.cpu_type):
         add("vm.cpu_type", c.vm.cpu_type, "a QEMU CPU model (e.g. host, x86-64-v2-AES)")
     if c.vm.scsi_controller not in ("lsi", "lsi53c810", "virtio-scsi-pci", "virtio-scsi-single", "megasas", "pvscsi"):
         add("vm.scsi_controller", c.vm.scsi_controller, "one of lsi, lsi53c810, virtio-scsi-pci, virtio-scsi-single, megasas, pvscsi")
     # nixos
-    rel = RELEASE_RE.match(c.nixos.release)
+    rel = RELEASE_RE.fullmatch(c.nixos.release)
     if not rel:
         add("nixos.release", c.nixos.release, f"a NixOS release like {CURRENT_STABLE_RELEASE} (YY.05 or YY.11)")
     elif not (_release_key(OLDEST_SUPPORTED_RELEASE) <= _release_key(c.nixos.release)
@@ -558,21 +558,21 @@ def _validate(c: Config, issues: _Issues) -> None:
         add("nixos.release", c.nixos.release,
             f"a release between {OLDEST_SUPPORTED_RELEASE} and {CURRENT_STABLE_RELEASE[:3]}11 "
             f"(older releases lack services.openssh.settings)")
-    if not LOCALE_RE.match(c.nixos.locale):
+    if not LOCALE_RE.fullmatch(c.nixos.locale):
         add("nixos.locale", c.nixos.locale, "a locale like en_US.UTF-8")
-    if not TIMEZONE_RE.match(c.nixos.timezone):
+    if not TIMEZONE_RE.fullmatch(c.nixos.timezone):
         add("nixos.timezone", c.nixos.timezone, "a tz database name like Europe/Berlin (no spaces)")
-    if not KEYMAP_RE.match(c.nixos.keymap):
+    if not KEYMAP_RE.fullmatch(c.nixos.keymap):
         add("nixos.keymap", c.nixos.keymap, "a console keymap name like us or de")
     for i, pkg in enumerate(c.nixos.packages):
-        if not NIX_ATTR_PATH_RE.match(pkg) or any(p in NIX_KEYWORDS for p in pkg.split(".")):
+        if not NIX_ATTR_PATH_RE.fullmatch(pkg) or any(p in NIX_KEYWORDS for p in pkg.split(".")):
             add(f"nixos.packages[{i}]", pkg, "a nixpkgs attribute path like htop or python3Packages.requests")
     if c.nixos.permit_root_login not in ("prohibit-password", "no"):
         add("nixos.permit_root_login", c.nixos.permit_root_login, "prohibit-password (key only) or no")
     # users
     seen: set[str] = set()
     for i, user in enumerate(c.users):
-        if not POSIX_USER_RE.match(user.name):
+        if not POSIX_USER_RE.fullmatch(user.name):
             add(f"users[{i}].name", user.name, "a POSIX user name (lowercase letters, digits, '_', '-'; max 32)")
         elif user.name in RESERVED_USERS:
             add(f"users[{i}].name", user.name, f"a name that is not reserved ({', '.join(sorted(RESERVED_USERS))})")
@@ -584,17 +584,17 @@ def _validate(c: Config, issues: _Issues) -> None:
             if problem:
                 add(f"users[{i}].ssh_keys[{j}]", key, problem)
         for j, group in enumerate(user.groups):
-            if not POSIX_USER_RE.match(group):
+            if not POSIX_USER_RE.fullmatch(group):
                 add(f"users[{i}].groups[{j}]", group, "a POSIX group name")
     # iso
-    if c.iso.channel is not None and not re.match(r"^nixos-(\d{2}\.(05|11)|unstable)$", c.iso.channel):
+    if c.iso.channel is not None and not re.fullmatch(r"^nixos-(\d{2}\.(05|11)|unstable)$", c.iso.channel):
         add("iso.channel", c.iso.channel, "a channel like nixos-26.05")
     if c.iso.volume is not None and c.iso.url is not None:
         add("iso.url", c.iso.url, "either iso.volume or iso.url, not both")
-    if c.iso.volume is not None and not ISO_VOLUME_RE.match(c.iso.volume):
+    if c.iso.volume is not None and not ISO_VOLUME_RE.fullmatch(c.iso.volume):
         add("iso.volume", c.iso.volume, "a PVE ISO volume like local:iso/nixos-minimal-26.05.x86_64-linux.iso")
     if c.iso.url is not None:
-        if not re.match(r"^https://[^\s/]+/\S+\.iso$", c.iso.url):
+        if not re.fullmatch(r"^https://[^\s/]+/\S+\.iso$", c.iso.url):
             add("iso.url", c.iso.url, "an https:// URL ending in .iso")
         elif is_floating_iso_url(c.iso.url):
             if c.iso.sha256 is not None:
@@ -602,20 +602,20 @@ def _validate(c: Config, issues: _Issues) -> None:
                     "no sha256 for a latest-* URL (it changes under you); `invoke lock` pins both")
         elif c.iso.sha256 is None:
             add("iso.sha256", None, "the ISO's sha256 (64 hex digits) when iso.url is set")
-    if c.iso.sha256 is not None and not SHA256_RE.match(c.iso.sha256):
+    if c.iso.sha256 is not None and not SHA256_RE.fullmatch(c.iso.sha256):
         add("iso.sha256", c.iso.sha256, "64 lowercase hex digits")
-    if not STORAGE_ID_RE.match(c.iso.storage):
+    if not STORAGE_ID_RE.fullmatch(c.iso.storage):
         add("iso.storage", c.iso.storage, "a PVE storage id with ISO content (e.g. local)")
     # build
     if c.build.dialect not in ("auto", "plugin", "bundled"):
         add("build.dialect", c.build.dialect, "auto, plugin (Packer >= 1.10 + proxmox plugin) or bundled (Packer 1.6)")
     for key in ("boot_wait", "live_boot_wait", "key_interval", "ssh_timeout", "task_timeout"):
         value = getattr(c.build, key)
-        if not DURATION_RE.match(value) or duration_seconds(value) <= 0:
+        if not DURATION_RE.fullmatch(value) or duration_seconds(value) <= 0:
             add(f"build.{key}", value, "a positive duration like 10s, 1m30s or 20ms")
-    if DURATION_RE.match(c.build.task_timeout) and duration_seconds(c.build.task_timeout) < 600:
+    if DURATION_RE.fullmatch(c.build.task_timeout) and duration_seconds(c.build.task_timeout) < 600:
         add("build.task_timeout", c.build.task_timeout, "at least 10m (ISO downloads and conversions are slow)")
-    if DURATION_RE.match(c.build.key_interval) and duration_seconds(c.build.key_interval) > 1:
+    if DURATION_RE.fullmatch(c.build.key_interval) and duration_seconds(c.build.key_interval) > 1:
         add("build.key_interval", c.build.key_interval, "at most 1s per key")
     if c.build.http_bind_address is not None and c.build.http_interface is not None:
         add("build.http_interface", c.build.http_interface, "either build.http_bind_address or build.http_interface, not both")
@@ -624,11 +624,11 @@ def _validate(c: Config, issues: _Issues) -> None:
             ipaddress.IPv4Address(c.build.http_bind_address)
         except ValueError:
             add("build.http_bind_address", c.build.http_bind_address, "an IPv4 address of this machine reachable from the VM")
-    if c.build.http_interface is not None and not IFACE_RE.match(c.build.http_interface):
+    if c.build.http_interface is not None and not IFACE_RE.fullmatch(c.build.http_interface):
         add("build.http_interface", c.build.http_interface, "a network interface name like eth0")
     if c.build.http_port is not None and not 1024 <= c.build.http_port <= 65535:
         add("build.http_port", c.build.http_port, "a port between 1024 and 65535")
-    if not re.match(r"^[A-Za-z0-9_.\-/]+$", c.build.output_dir):
+    if not re.fullmatch(r"^[A-Za-z0-9_.\-/]+$", c.build.output_dir):
         add("build.output_dir", c.build.output_dir, "a relative or absolute directory path without spaces")
     # verify
     if c.verify.profile not in ("nixos", "generic"):
@@ -637,7 +637,7 @@ def _validate(c: Config, issues: _Issues) -> None:
         add("verify.clones", c.verify.clones, "between 1 and 8")
     if c.verify.clone_mode not in ("auto", "linked", "full"):
         add("verify.clone_mode", c.verify.clone_mode, "auto, linked or full")
-    if not POSIX_USER_RE.match(c.verify.ciuser) or c.verify.ciuser in RESERVED_USERS:
+    if not POSIX_USER_RE.fullmatch(c.verify.ciuser) or c.verify.ciuser in RESERVED_USERS:
         add("verify.ciuser", c.verify.ciuser, "a POSIX user name that is not reserved")
     problem = ipconfig_problem(c.verify.ipconfig0)
     if problem:
@@ -647,11 +647,11 @@ def _validate(c: Config, issues: _Issues) -> None:
             ipaddress.ip_address(c.verify.nameserver)
         except ValueError:
             add("verify.nameserver", c.verify.nameserver, "an IP address")
-    if not re.match(r"^\+\d+[KMGT]$", c.verify.disk_grow):
+    if not re.fullmatch(r"^\+\d+[KMGT]$", c.verify.disk_grow):
         add("verify.disk_grow", c.verify.disk_grow, "a growth like +1G (the resize check needs the disk to grow)")
     for key in ("agent_timeout", "ssh_timeout"):
         value = getattr(c.verify, key)
-        if not DURATION_RE.match(value) or duration_seconds(value) <= 0:
+        if not DURATION_RE.fullmatch(value) or duration_seconds(value) <= 0:
             add(f"verify.{key}", value, "a positive duration like 5m")
     if c.verify.checks_dir is not None and not Path(c.verify.checks_dir).is_dir():
         add("verify.checks_dir", c.verify.checks_dir, "an existing directory of test_*.py check files")
@@ -668,6 +668,8 @@ def ssh_public_key_problem(line: str) -> str | None:
 
     if "\n" in line or "\r" in line:
         return "one public key on one line"
+    if "\0" in line:
+        return "a key without NUL characters (Nix strings cannot hold them)"
     parts = line.strip().split(None, 2)
     if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
         return f"an OpenSSH public key '<type> <base64> [comment]' with type in {sorted(SSH_KEY_TYPES)}"
