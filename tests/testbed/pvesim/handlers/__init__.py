@@ -1,0 +1,1 @@
+"""API handlers, one module per area; each registers its routes on import."""
