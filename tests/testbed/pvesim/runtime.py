@@ -38,6 +38,8 @@ NIC_DEVICES = {
     "i82557b": "i82557b", "i82559er": "i82559er", "e1000-82540em": "e1000-82540em",
     "e1000-82544gc": "e1000-82544gc", "e1000-82545em": "e1000-82545em",
 }
+# Every PVE CPU type becomes this TCG model (x86-64-v2 + AES, like PVE's default x86-64-v2-AES).
+TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+aes"
 SCSI_CONTROLLERS = {"lsi": "lsi", "lsi53c810": "lsi53c810", "megasas": "megasas", "pvscsi": "pvscsi",
                     "virtio-scsi-pci": "virtio-scsi-pci", "virtio-scsi-single": "virtio-scsi-pci"}
 
@@ -151,13 +153,19 @@ class QemuRuntime:
             "-mon", "chardev=qmp,mode=control",
             "-pidfile", str(rundir / "qemu.pid"),
             "-machine", "q35" if q35 else "pc", "-accel", self.accel,
-            "-cpu", "max",
+            "-cpu", TCG_CPU,
             "-smp", f"{sockets * cores},sockets={sockets},cores={cores},maxcpus={sockets * cores}",
             "-m", str(memory_mib(conf)),
             "-boot", "menu=off,strict=on,reboot-timeout=1000",
             "-vga", "std", "-display", "none",
             "-rtc", "base=localtime" if conf.get("localtime") == "1" else "base=utc",
         ]
+        rng = parse_kv(conf.get("rng0", ""), "source")
+        if rng.get("source"):
+            dev = "virtio-rng-pci,rng=rng0"
+            if rng.get("max_bytes"):
+                dev += f",max-bytes={rng['max_bytes']},period={rng.get('period', '1000')}"
+            argv += ["-object", f"rng-random,filename={rng['source']},id=rng0", "-device", dev]
         smbios = parse_kv(conf.get("smbios1", ""))
         if smbios.get("uuid"):
             argv += ["-smbios", f"type=1,uuid={smbios['uuid']}"]
@@ -207,8 +215,9 @@ class QemuRuntime:
                 dopts = [f"file={path}", f"format={drive.get('format', fmt)}"] + dopts
             if cdrom:
                 dopts.append("media=cdrom")
-            if drive.get("cache"):
-                dopts.append(f"cache={drive['cache'] if drive['cache'] != 'none' else 'writeback'}")
+            # test bed: no O_DIRECT (cache=none fails on overlay/tmpfs), and speed over durability
+            cache = drive.get("cache") or "unsafe"
+            dopts.append(f"cache={'writeback' if cache in ('none', 'directsync') else cache}")
             if drive.get("discard") == "on":
                 dopts.append("discard=unmap")
             argv += ["-drive", ",".join(dopts)]
