@@ -1,0 +1,104 @@
+"""One function per user command. ``tasks.py`` parses flags and calls these; nothing here
+imports invoke. Errors are :class:`~nixgold.errors.NixgoldError` subclasses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+from .config import Config, Credentials, describe_config, load_config, load_credentials
+from .dialect import choose_dialect, detect_packer
+from .errors import ConfigError, PreflightError
+from .lock import CHANNELS_BASE_URL, LOCK_NAME, IsoLock, read_lock, resolve_channel, write_lock
+from .plan import Plan, format_plan, make_plan
+from .progress import Progress
+from .render import prepare_inputs, render_files, write_files
+
+CHANNELS_URL_ENV = "NIXGOLD_CHANNELS_URL"  # a mirror of channels.nixos.org (also used by tests)
+
+
+def load(config_path: str | None, overrides: Mapping[str, Any] | None = None,
+         env: Mapping[str, str] | None = None) -> tuple[Config, Credentials]:
+    config = load_config(config_path, overrides=overrides, env=env)
+    return config, load_credentials(config, env)
+
+
+def lock_path(config: Config) -> Path:
+    """nixgold.lock lives next to the config file (the working directory without one)."""
+    return (Path(config.source).resolve().parent if config.source else Path.cwd()) / LOCK_NAME
+
+
+def render_dialect(config: Config) -> str:
+    """`invoke render` is deterministic: auto means the plugin dialect (no packer probing)."""
+    return "plugin" if config.build.dialect == "auto" else config.build.dialect
+
+
+def render(config_path: str | None, overrides: Mapping[str, Any], output: Path, dialect: str | None = None,
+           progress: Progress | None = None) -> list[Path]:
+    """Write packer/ and http/ for the config under ``output`` (a plain `packer build packer/` works)."""
+    progress = progress or Progress()
+    config, _ = load(config_path, overrides)
+    with progress.stage(f"rendering {config.source or 'defaults'} into {output}/packer and {output}/http"):
+        inputs = prepare_inputs(config, dialect=dialect or render_dialect(config),
+                                lock=read_lock(lock_path(config)), require_iso=False)
+        return write_files(output, render_files(inputs))
+
+
+def dry_run(config_path: str | None, overrides: Mapping[str, Any], out: TextIO) -> Plan:
+    """Validate, choose the dialect, render into <output_dir>/dry-run/, print the plan."""
+    config, creds = load(config_path, overrides)
+    warnings = []
+    try:
+        packer = detect_packer(config.build.packer)
+        dialect, reason = choose_dialect(config, packer)
+    except (ConfigError, PreflightError) as exc:
+        # The plan is still worth showing; the build's preflight stops on this.
+        dialect = render_dialect(config)
+        reason = f"build.dialect = {config.build.dialect}; the installed packer cannot build this config"
+        problems = [str(i) for i in exc.issues] if isinstance(exc, ConfigError) else [str(exc)]
+        warnings.extend(f"the installed packer cannot build this: {p}" for p in problems)
+    inputs = prepare_inputs(config, dialect=dialect, lock=read_lock(lock_path(config)), require_iso=False)
+    root = Path(config.build.output_dir) / "dry-run"
+    files = write_files(root, render_files(inputs))
+    plan = make_plan(config, creds, inputs, reason, files, warnings)
+    print(creds.redact(format_plan(plan)), file=out)
+    return plan
+
+
+def show_config(config_path: str | None, overrides: Mapping[str, Any], as_json: bool = False) -> str:
+    """The effective configuration with secrets redacted (TOML-like or JSON)."""
+    config, creds = load(config_path, overrides)
+    data = describe_config(config, creds)
+    if as_json:
+        return json.dumps(data, indent=2, sort_keys=True)
+    lines = [f"# effective nixgold configuration (from {config.source or 'defaults'}; secrets redacted)"]
+    for section, values in data.items():
+        if section == "source":
+            continue
+        if section == "users":
+            for user in values:
+                lines.append("\n[[users]]")
+                lines.extend(f"{k} = {json.dumps(v)}" for k, v in user.items())
+            continue
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None)
+    return "\n".join(lines)
+
+
+def lock(config_path: str | None, overrides: Mapping[str, Any], channel: str | None = None,
+         progress: Progress | None = None, env: Mapping[str, str] | None = None) -> tuple[IsoLock, Path]:
+    """Resolve the channel's latest minimal ISO to a pinned URL + sha256 and write nixgold.lock."""
+    env = os.environ if env is None else env
+    progress = progress or Progress()
+    config, _ = load(config_path, overrides, env)
+    channel = channel or config.channel
+    base_url = env.get(CHANNELS_URL_ENV) or CHANNELS_BASE_URL
+    with progress.stage(f"resolving {channel} at {base_url}"):
+        pinned = resolve_channel(channel, base_url=base_url, timeout=config.proxmox.timeout,
+                                 verify=env.get("NIXGOLD_CHANNELS_CA") or True)
+    path = lock_path(config)
+    write_lock(path, pinned)
+    progress.line(f"pinned {pinned.file_name} (sha256 {pinned.sha256[:12]}…) in {path}")
+    return pinned, path

@@ -1,0 +1,105 @@
+"""nixgold's command line: `invoke --list`, `invoke --help <task>`.
+
+Tasks only parse flags and call :mod:`nixgold.app`; :func:`_cli` is the one place where
+library errors become messages and exit codes (see README "Exit codes").
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from invoke import Collection, Exit, task
+
+COMMON_HELP = {
+    "config": "config file (default: $NIXGOLD_CONFIG, else ./nixgold.toml)",
+    "set": "override a config key, e.g. --set vm.cores=4 (repeatable)",
+    "verbose": "log debug details to stderr",
+}
+
+
+def _cli(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a task body; turn nixgold errors into `Exit(message, code)`."""
+
+    @functools.wraps(fn)
+    def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
+        from nixgold.errors import ExitCode, NixgoldError, exit_code_for
+
+        logging.basicConfig(level=logging.DEBUG if kwargs.get("verbose") else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        try:
+            return fn(c, *args, **kwargs)
+        except NixgoldError as exc:
+            raise Exit(f"nixgold: {exc}", code=exit_code_for(exc)) from None
+        except KeyboardInterrupt:
+            raise Exit("nixgold: interrupted", code=int(ExitCode.INTERRUPTED)) from None
+
+    return wrapper
+
+
+def _overrides(set_: list[str] | None, **flags: Any) -> dict[str, Any]:
+    """--set KEY=VALUE pairs plus dedicated flags (None = not given)."""
+    from nixgold.config import parse_override
+
+    result = dict(parse_override(item) for item in (set_ or []))
+    result.update({key: value for key, value in flags.items() if value is not None})
+    return result
+
+
+@task(help={**COMMON_HELP, "output": "directory to render into (default: the current one)",
+            "dialect": "plugin (Packer >= 1.10) or bundled (Packer 1.6); default from build.dialect"},
+      iterable=["set_"])
+@_cli
+def render(c, config=None, set_=None, output=".", dialect=None, verbose=False):
+    """Render packer/ and http/ from the config (a plain `packer build packer/` also works)."""
+    from nixgold import app
+
+    for path in app.render(config, _overrides(set_), Path(output), dialect):
+        print(path)
+
+
+@task(help={**COMMON_HELP, "json": "print JSON instead of TOML"}, iterable=["set_"])
+@_cli
+def config(c, config=None, set_=None, json=False, verbose=False):
+    """Print the effective configuration (file < environment < flags), secrets redacted."""
+    from nixgold import app
+
+    print(app.show_config(config, _overrides(set_), as_json=json))
+
+
+@task(help={**COMMON_HELP, "channel": "NixOS channel to pin (default: iso.channel or nixos-<release>)"},
+      iterable=["set_"])
+@_cli
+def lock(c, config=None, set_=None, channel=None, verbose=False):
+    """Pin the channel's latest minimal ISO (URL + sha256) in nixgold.lock; needs network."""
+    from nixgold import app
+
+    app.lock(config, _overrides(set_), channel)
+
+
+@task(name="build-template",
+      help={**COMMON_HELP, "dry_run": "only validate, render into <output_dir>/dry-run/ and print the plan",
+            "vmid": "template VM id (template.vmid)", "node": "Proxmox node (proxmox.node)",
+            "storage": "VM storage (vm.storage)", "bridge": "network bridge (vm.bridge)",
+            "release": "NixOS release (nixos.release)", "firmware": "uefi or bios (vm.firmware)"},
+      iterable=["set_"])
+@_cli
+def build_template(c, config=None, set_=None, dry_run=False, vmid=None, node=None, storage=None, bridge=None,
+                   release=None, firmware=None, verbose=False):
+    """Build the NixOS golden template with Packer (use --dry-run to see the plan first)."""
+    from nixgold import app
+
+    overrides = _overrides(set_, **{"template.vmid": int(vmid) if vmid else None, "proxmox.node": node,
+                                    "vm.storage": storage, "vm.bridge": bridge, "nixos.release": release,
+                                    "vm.firmware": firmware})
+    if dry_run:
+        app.dry_run(config, overrides, sys.stdout)
+        return
+    raise Exit("nixgold: build-template without --dry-run is not available yet", code=2)
+
+
+ns = Collection(render, config, lock, build_template)
