@@ -93,8 +93,18 @@ def choose_dialect(config: Config, packer: PackerInfo | None) -> tuple[str, str]
 
 
 def check_dialect_fits(config: Config, dialect: str) -> None:
-    if dialect == "bundled" and config.vm.firmware == "uefi":
-        raise ConfigError(ConfigIssue(
+    """Refuse settings the dialect's builder cannot express (all problems at once)."""
+    if dialect != "bundled":
+        return
+    issues = []
+    if config.vm.firmware == "uefi":
+        issues.append(ConfigIssue(
             "vm.firmware", "uefi",
             "bios: Packer 1.6's bundled proxmox builder has no UEFI support; "
             "install Packer >= 1.10 (plugin dialect) for UEFI"))
+    if config.build.http_interface is not None:
+        issues.append(ConfigIssue(
+            "build.http_interface", config.build.http_interface,
+            "build.http_bind_address instead: Packer 1.6's proxmox builder rejects http_interface"))
+    if issues:
+        raise ConfigError(issues)

@@ -150,3 +150,28 @@ def test_lock_for_another_channel_or_url_is_refused() -> None:
     other = "https://mirror.example/nixos-26.05/latest-nixos-minimal-x86_64-linux.iso"
     with pytest.raises(ConfigError, match="iso.url"):
         iso_source(parse_config({"iso": {"url": other}}), _lock())
+
+
+def test_invoke_lock_pins_and_the_plan_uses_it(channels: tuple[str, str], tmp_path: Path) -> None:
+    """`invoke lock` end to end: nixgold.lock lands next to the config and the dry run shows it."""
+    import os
+    import subprocess
+    import sys
+
+    base, ca = channels
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "nixgold.toml").write_text((repo / "nixgold.example.toml").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "NIXGOLD_"))}
+    env.update(NIXGOLD_CHANNELS_URL=base, NIXGOLD_CHANNELS_CA=ca)
+    invoke = [sys.executable, "-m", "invoke", "-r", str(repo)]
+    result = subprocess.run(invoke + ["lock"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert read_lock(work / "nixgold.lock").sha256 == SHA
+    plan = subprocess.run(invoke + ["build-template", "--dry-run"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert plan.returncode == 0, plan.stderr
+    assert RELEASE_FILE in plan.stdout and "NOT PINNED" not in plan.stdout
+    hcl = (work / "build/dry-run/packer/nixgold.pkr.hcl").read_text()
+    assert SHA in hcl and RELEASE_FILE in hcl

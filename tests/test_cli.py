@@ -1,0 +1,97 @@
+"""The invoke tasks as a user runs them: real `invoke` processes, exit codes, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nixgold.errors import ExitCode
+
+REPO = Path(__file__).resolve().parents[1]
+INVOKE = [sys.executable, "-m", "invoke", "-r", str(REPO)]
+SECRET = "5ecr3t-t0ken-value-0000"
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "NIXGOLD_"))}
+    full_env.update(env or {})
+    return subprocess.run(INVOKE + args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "nixgold.toml").write_text((REPO / "nixgold.example.toml").read_text())
+    return tmp_path
+
+
+def test_list_shows_every_task_with_help() -> None:
+    result = run(["--list"], REPO)
+    assert result.returncode == 0
+    for name in ("build-template", "render", "config", "lock"):
+        assert name in result.stdout
+    helped = run(["--help", "build-template"], REPO)
+    assert "--dry-run" in helped.stdout and "--set" in helped.stdout
+
+
+def test_dry_run_prints_the_plan_offline_and_fast(workdir: Path) -> None:
+    start = time.monotonic()
+    result = run(["build-template", "--dry-run"], workdir, {
+        "PROXMOX_URL": "https://pve.example.lan:8006/api2/json",
+        "PROXMOX_TOKEN_ID": "nixgold@pve!build", "PROXMOX_TOKEN_SECRET": SECRET})
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for fragment in ("node pve", "vmid 9004", "local-lvm", "vmbr0", "uefi", "26.05", "NOT PINNED",
+                     "keys:", "s typing", "build/dry-run/packer/nixgold.pkr.hcl", "build/dry-run/http/install.sh"):
+        assert fragment in out, fragment
+    assert SECRET not in out + result.stderr
+    assert (workdir / "build/dry-run/http/configuration.nix").is_file()
+    assert elapsed < 20  # generous for a loaded CI box; benchmarks/dry_run.py tracks the < 2 s goal
+
+
+def test_bad_config_exits_with_the_config_code_and_names_the_key(workdir: Path) -> None:
+    result = run(["build-template", "--dry-run", "--set", "vm.disk_size=20GB"], workdir)
+    assert result.returncode == ExitCode.CONFIG
+    assert "vm.disk_size (from flag) = '20GB'" in result.stderr and "a size like 20G" in result.stderr
+    assert not (workdir / "build").exists(), "nothing may be written for a bad config"
+
+
+def test_flags_override_the_file(workdir: Path) -> None:
+    result = run(["build-template", "--dry-run", "--vmid", "9100", "--node", "pve2", "--firmware", "bios"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert "vmid 9100" in result.stdout and "node pve2" in result.stdout and "bios: SeaBIOS" in result.stdout
+
+
+def test_missing_config_file_is_explained(tmp_path: Path) -> None:
+    result = run(["build-template", "--dry-run"], tmp_path)
+    assert result.returncode == ExitCode.CONFIG and "nixgold.example.toml" in result.stderr
+
+
+def test_config_prints_effective_values_with_secrets_redacted(workdir: Path) -> None:
+    env = {"PROXMOX_TOKEN_SECRET": SECRET, "PROXMOX_TOKEN_ID": "nixgold@pve!build"}
+    text = run(["config", "--set", "vm.cores=6"], workdir, env)
+    assert text.returncode == 0 and "cores = 6" in text.stdout and SECRET not in text.stdout
+    as_json = run(["config", "--json"], workdir, env)
+    data = json.loads(as_json.stdout)
+    assert data["credentials"]["token_secret"] == "***" and data["credentials"]["token_id"] == "nixgold@pve!build"
+
+
+def test_render_writes_packer_and_http(workdir: Path) -> None:
+    result = run(["render"], workdir)
+    assert result.returncode == 0, result.stderr
+    for rel in ("packer/nixgold.pkr.hcl", "packer/cleanup.sh", "http/install.sh", "http/configuration.nix"):
+        assert (workdir / rel).is_file(), rel
+    assert os.access(workdir / "http/install.sh", os.X_OK)
+
+
+def test_lock_offline_fails_clearly(workdir: Path) -> None:
+    result = run(["lock"], workdir, {"NIXGOLD_CHANNELS_URL": "https://127.0.0.1:9"})
+    assert result.returncode == ExitCode.CONFIG
+    assert "unreachable" in result.stderr and "network access" in result.stderr
+    assert not (workdir / "nixgold.lock").exists()
