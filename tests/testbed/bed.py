@@ -84,6 +84,19 @@ def default_manifest(vmid: int, name: str, variant: str, recipe_hash: str | None
 
 
 @dataclass
+class GuestInfo:
+    """A clone booted by :meth:`Testbed.boot_clone`."""
+
+    vmid: int
+    name: str
+    ip: str
+    mac: str
+    user: str
+    seconds_to_agent: float
+    seconds_to_ssh: float | None = None
+
+
+@dataclass
 class Testbed:
     """One test bed.  Pytest uses a unique ``netns`` (``ngtest-<pid>``) and a tmp ``root``."""
 
@@ -407,6 +420,53 @@ class Testbed:
                 self._wait(prox, prox.nodes(self.node).qemu(vmid).template.post())
         self.log_fn(f"testbed: imported {disk.name} as {'template' if template else 'VM'} {vmid} ({name})")
         return vmid
+
+    # ------------------------------------------------------------- guests
+    def boot_clone(self, newid: int, *, name: str, user: str, ssh_pubkey: str, source: int | None = None,
+                   full: bool = False, timeout: float = 600, wait_ssh: bool = True) -> GuestInfo:
+        """Clone ``source`` (the template), set cloud-init user + key, start it, wait for the agent
+        to report an IPv4 on eth0 and (``wait_ssh``) for port 22.  Call inside :meth:`enter`."""
+        import socket
+        from urllib.parse import quote
+
+        from proxmoxer import ResourceException
+
+        prox = self.proxmoxer()
+        node = prox.nodes(self.node)
+        t0 = time.monotonic()
+        self._wait(prox, node.qemu(source or self.template_vmid).clone.post(newid=newid, name=name,
+                                                                               full=int(full)))
+        node.qemu(newid).config.put(ciuser=user, sshkeys=quote(ssh_pubkey.strip() + "\n", safe=""))
+        self._wait(prox, node.qemu(newid).status.start.post())
+        mac = ""
+        ip = ""
+        while not ip:
+            if time.monotonic() - t0 > timeout:
+                raise TestbedError(f"VM {newid}: no IPv4 from the guest agent within {timeout} s")
+            try:
+                for iface in node.qemu(newid).agent("network-get-interfaces").get()["result"]:
+                    if iface.get("name") == "lo":
+                        continue
+                    for addr in iface.get("ip-addresses") or []:
+                        if addr.get("ip-address-type") == "ipv4" and not addr["ip-address"].startswith("127."):
+                            ip, mac = addr["ip-address"], iface.get("hardware-address", "")
+            except ResourceException:
+                pass
+            if not ip:
+                time.sleep(1)
+        info = GuestInfo(newid, name, ip, mac, user, round(time.monotonic() - t0, 1))
+        while wait_ssh:
+            try:
+                with socket.create_connection((ip, 22), timeout=3) as sock:
+                    if sock.recv(64).startswith(b"SSH-"):
+                        info.seconds_to_ssh = round(time.monotonic() - t0, 1)
+                        break
+            except OSError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise TestbedError(f"VM {newid}: no SSH on {ip}:22 within {timeout} s")
+            time.sleep(1)
+        return info
 
     # ----------------------------------------------------------------- env
     def env(self) -> dict[str, str]:

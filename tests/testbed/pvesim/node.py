@@ -622,7 +622,8 @@ class Node:
             if start_after:
                 self._start_in_task(task, vmid, {})
 
-        return self.tasks.spawn("qmcreate", str(vmid), ident.authid, worker)
+        return self.tasks.spawn("qmcreate", str(vmid), ident.authid, worker,
+                                on_injected_failure=lambda: self.remove(vmid))
 
     def _default_boot(self, values: dict[str, str]) -> list[str]:
         disks = [k for k in sorted(values, key=lambda k: (k[:3], k)) if is_drive_key(k)]

@@ -30,6 +30,7 @@ from .faults import FiredFaults
 from .node import Node
 from .router import Ctx, Handler
 from .schema import Endpoint, Schema
+from .tasks import REQUEST_FAULTS
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("pvesim.access")
@@ -342,7 +343,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.apply_take_vmid(fired, ep, coerced)
         ctx = Ctx(node=node, ident=ident or Identity("", "none"), endpoint=ep, fired=fired, method=method,
                   path=rel, files=files)
-        result = handler(ctx, coerced)
+        token = REQUEST_FAULTS.set(fired)
+        try:
+            result = handler(ctx, coerced)
+        finally:
+            REQUEST_FAULTS.reset(token)
         body: dict[str, Any] = {"data": result}
         body.update(ctx.extra)
         self.send_json(200, "OK", body)

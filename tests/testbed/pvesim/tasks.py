@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -93,6 +94,9 @@ class Task:
 
 
 Worker = Callable[[Task], None]
+# Faults fired by the API request being handled (set by the server around the handler):
+# ``task_error`` ends the task it spawns with the fault's message, ``slow_task`` delays it.
+REQUEST_FAULTS: ContextVar[object | None] = ContextVar("request_faults", default=None)
 
 
 class TaskManager:
@@ -104,8 +108,17 @@ class TaskManager:
         self._lock = threading.Lock()
 
     def spawn(self, wtype: str, wid: str, user: str, worker: Worker, *, fail_with: str | None = None,
-              delay: float = 0.0, on_done: Callable[[Task], None] | None = None) -> Task:
+              delay: float = 0.0, on_done: Callable[[Task], None] | None = None,
+              on_injected_failure: Callable[[], None] | None = None) -> Task:
         """Start ``worker(task)`` in a thread and return the task once its UPID exists."""
+        fired = REQUEST_FAULTS.get()
+        if fired is not None:
+            err = fired.get("task_error")  # type: ignore[attr-defined]
+            if err is not None and fail_with is None:
+                fail_with = err.message or "simulated task failure"
+            slow = fired.get("slow_task")  # type: ignore[attr-defined]
+            if slow is not None and wtype != "qmclone":  # the clone worker sleeps while 'lock: clone'
+                delay = max(delay, float(slow.seconds))
         ready = threading.Event()
         go = threading.Event()
         holder: dict = {}
@@ -119,6 +132,8 @@ class TaskManager:
                 if delay:
                     task.sleep(delay)
                 if fail_with is not None:
+                    if on_injected_failure is not None:
+                        on_injected_failure()
                     raise TaskError(fail_with)
                 worker(task)
             except TaskCancelled:

@@ -1,0 +1,49 @@
+"""pytest fixtures for the test bed (loaded from tests/conftest.py via ``pytest_plugins``).
+
+``testbed`` (session): a :class:`~tests.testbed.bed.Testbed` that is up, with the stand-in
+``good`` image imported as template 9004, in its own namespace ``ngtest-<pid>`` (never the
+hand-started ``nixgold-testbed``) and a temporary root.  Use it like::
+
+    def test_x(testbed):
+        with testbed.enter():                      # API and guests live in the namespace
+            prox = testbed.proxmoxer()             # plain proxmoxer, token auth, CA-verified
+            prox.nodes(testbed.node).qemu(9004).config.get()
+            testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/clone", message="boom")
+
+Attributes: ``url``, ``host``, ``port``, ``token_id``, ``token_secret``, ``ca_path``, ``node``,
+``storage``, ``bridge``, ``netns``, ``template_vmid``; ``enter()``, ``proxmoxer()``,
+``root_api()``, ``sim_admin``, ``boot_clone()``.  Teardown stops everything and fails if
+any QEMU process, TAP or the namespace survives.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from .bed import Testbed
+
+
+def _leftovers(bed: Testbed) -> list[str]:
+    problems = [f"QEMU pid {pid}" for pid, _ in bed.leftover_qemu()]
+    if bed.net.exists():
+        problems.append(f"netns {bed.netns}")
+    taps = [name for name in os.listdir("/sys/class/net") if re.fullmatch(r"tap\d+i\d+", name)]
+    problems += [f"TAP {t} in the host namespace" for t in taps]
+    return problems
+
+
+@pytest.fixture(scope="session")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
+    root = Path(tmp_path_factory.mktemp("testbed"))
+    bed = Testbed(root=root, netns=f"ngtest-{os.getpid()}", log_fn=lambda msg: None)
+    try:
+        bed.up()
+        yield bed
+    finally:
+        bed.down()
+        left = _leftovers(bed)
+        assert not left, f"test bed left things behind: {left}"
