@@ -399,3 +399,19 @@ def test_iso_upload_and_storage_content(testbed, api, tmp_path):
     assert any(s["storage"] == testbed.storage for s in node.storage.get(content="iso"))
     tasks = node.tasks.get(typefilter="imgcopy")
     assert any(t["upid"] == upid and t["status"] == "OK" for t in tasks)
+
+
+def test_parallel_linked_clones_share_the_template_lock(testbed, api):
+    prox, node = api
+    upids = [node.qemu(TEMPLATE).clone.post(newid=vmid, name=f"par-{vmid}") for vmid in (210, 211, 212)]
+    assert [wait(prox, upid)["exitstatus"] for upid in upids] == ["OK", "OK", "OK"]
+    macs = {node.qemu(vmid).config.get()["net0"] for vmid in (210, 211, 212)}
+    assert len(macs) == 3
+    err = raises(lambda: node.qemu.post(vmid=210, name="dup"), 500)
+    assert err.content == f"unable to create VM 210 - VM 210 already exists on node '{testbed.node}'"
+    # a linked clone converted to a template can be cloned again (backing chain of two)
+    assert wait(prox, node.qemu(210).template.post())["exitstatus"] == "OK"
+    assert wait(prox, node.qemu(210).clone.post(newid=213))["exitstatus"] == "OK"
+    assert node.qemu(213).config.get()["scsi0"].startswith(f"{testbed.storage}:210/base-210-disk-0.qcow2/213/")
+    for vmid in (213, 210, 211, 212):
+        assert wait(prox, node.qemu(vmid).delete())["exitstatus"] == "OK"

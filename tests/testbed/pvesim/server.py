@@ -114,6 +114,11 @@ class RequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.dispatch("DELETE")
 
+    def _unknown_method(self) -> None:  # pve-http-server: only GET/POST/PUT/DELETE exist
+        self.send_json(501, f"method '{self.command}' not available", None, close=True)
+
+    do_HEAD = do_PATCH = do_OPTIONS = _unknown_method
+
     # ----------------------------------------------------------- responses
     def send_json(self, status: int, reason: str, body: Any | None, close: bool = False,
                   headers: dict[str, str] | None = None) -> None:

@@ -233,7 +233,7 @@ class StorageManager:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()  # reserve the name
         try:
-            run(["qemu-img", "convert", "-O", fmt, str(src), str(path)])
+            run(["qemu-img", "convert", "-U", "-O", fmt, str(src), str(path)])
         except ApiError:
             path.unlink(missing_ok=True)
             raise
@@ -242,7 +242,7 @@ class StorageManager:
     def linked_clone(self, base_volid: str, vmid: int) -> str:
         """Plugin::clone_image: qcow2 overlay on a base image, relative backing path."""
         base = self.parse(base_volid)
-        if not base.is_base or base.base_vmid is not None:
+        if not base.is_base:
             raise die("clone_image only works on base images")
         with self._lock:
             s = self.get(base.storeid)
@@ -265,7 +265,7 @@ class StorageManager:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
         try:
-            run(["qemu-img", "convert", "-O", fmt, str(src.path), str(path)])
+            run(["qemu-img", "convert", "-U", "-O", fmt, str(src.path), str(path)])
         except ApiError:
             path.unlink(missing_ok=True)
             raise
@@ -274,16 +274,16 @@ class StorageManager:
     def create_base(self, volid: str) -> str:
         """Plugin::create_base: rename vm-N-disk-M -> base-N-disk-M, chmod 0444."""
         vol = self.parse(volid)
-        if vol.base_vmid is not None:
-            raise die("create_base not possible with base image")
         if vol.is_base:
-            return volid
+            raise die("create_base not possible with base image")
         assert vol.name is not None
         newname = "base-" + vol.name[len("vm-"):]
         newpath = vol.path.with_name(newname)
         with self._lock:
             os.rename(vol.path, newpath)
             os.chmod(newpath, 0o444)
+        if vol.base_vmid is not None:  # a linked clone becomes a template: keeps its backing chain
+            return f"{vol.storeid}:{vol.base_vmid}/{vol.base_name}/{vol.vmid}/{newname}"
         return f"{vol.storeid}:{vol.vmid}/{newname}"
 
     def resize(self, volid: str, size: int) -> None:
