@@ -241,6 +241,16 @@ def test_config_digest_delete_and_async_update(testbed, api):
     assert node.qemu(180).config.get()["scsi0"].endswith(",size=2G")
     assert wait(prox, node.qemu(180).resize.put(disk="scsi0", size="1G"))["exitstatus"] == \
         "shrinking disks is not supported"
+    # a removed disk becomes unusedN; deleting unusedN frees the volume
+    node.qemu(180).config.put(scsi1=f"{testbed.storage}:1")
+    volid = node.qemu(180).config.get()["scsi1"].split(",")[0]
+    assert volid == f"{testbed.storage}:180/vm-180-disk-1.raw"
+    node.qemu(180).config.put(delete="scsi1")
+    assert node.qemu(180).config.get()["unused0"] == volid
+    path = testbed.sim_dir / "storage" / testbed.storage / "images" / "180" / "vm-180-disk-1.raw"
+    assert path.exists()
+    node.qemu(180).config.put(delete="unused0")
+    assert "unused0" not in node.qemu(180).config.get() and not path.exists()
     wait(prox, node.qemu(180).delete())
 
 

@@ -407,9 +407,6 @@ class Node:
                     if is_drive_key(key):
                         val, new = self.create_disk(vmid, key, val, ident, log_fn, default_storage=None)
                         created.extend(new)
-                        old = effective.get(key)
-                        if old is not None and old != val:
-                            self._detach(conf, key, old)
                     elif NET_RE.match(key):
                         net = self.parse_net(key, val)
                         if not net.get("macaddr"):
@@ -417,14 +414,14 @@ class Node:
                             old_mac = parse_nic(old).get("macaddr") if old else None
                             net["macaddr"] = old_mac or random_mac(self.cfg.mac_prefix)
                         val = print_net(net, {})
-                    if running and not (key in FAST_PLUG or CLOUDINIT_KEYS.match(key)):
+                    if CLOUDINIT_KEYS.match(key) and conf.values.get(key) != val:
+                        conf.special_cloudinit.setdefault(key, conf.values.get(key, ""))
+                    if running and (key in FAST_PLUG or CLOUDINIT_KEYS.match(key)):
+                        conf.values[key] = val  # hot-pluggable: applied at once
+                        conf.pending.pop(key, None)
+                    else:
                         conf.pending[key] = val
                         conf.pending_delete.pop(key, None)
-                    else:
-                        if CLOUDINIT_KEYS.match(key) and conf.values.get(key) != val:
-                            conf.special_cloudinit.setdefault(key, conf.values.get(key, ""))
-                        conf.values[key] = val
-                        conf.pending.pop(key, None)
             except Exception:
                 for volid in created:
                     try:
@@ -436,26 +433,34 @@ class Node:
                 if opt not in conf.values and opt not in conf.pending:
                     log_fn(f"cannot delete '{opt}' - not set in current configuration!")
                     continue
-                if running and not (opt in FAST_PLUG or CLOUDINIT_KEYS.match(opt)):
-                    conf.pending_delete[opt] = force
-                    continue
+                if CLOUDINIT_KEYS.match(opt) and opt in conf.values:
+                    conf.special_cloudinit.setdefault(opt, conf.values[opt])
                 conf.pending.pop(opt, None)
-                old = conf.values.pop(opt, None)
-                if old is None:
-                    continue
-                if CLOUDINIT_KEYS.match(opt):
-                    conf.special_cloudinit.setdefault(opt, old)
-                if is_drive_key(opt) or UNUSED_RE.match(opt):
-                    self._delete_drive(conf, opt, old, force)
+                if running and (opt in FAST_PLUG or CLOUDINIT_KEYS.match(opt)):
+                    conf.values.pop(opt, None)
+                elif opt in conf.values:
+                    conf.pending_delete[opt] = force
             for opt in revert:
                 conf.pending.pop(opt, None)
                 conf.pending_delete.pop(opt, None)
             if not running:
-                conf.apply_pending()
+                self.commit_pending(conf)
             self.write(conf)
             # adding a cloud-init drive generates it (qemu-server does so at once)
             for key in new_ci:
                 self.regenerate_cloudinit(conf, log_fn)
+
+    def commit_pending(self, conf: VMConf) -> None:
+        """vmconfig_apply_pending: replaced disks become unusedN, deleted ones are detached/freed."""
+        for key, new in list(conf.pending.items()):
+            old = conf.values.get(key)
+            if is_drive_key(key) and old is not None and old != new:
+                self._detach(conf, key, old)
+        for opt, force in list(conf.pending_delete.items()):
+            old = conf.values.get(opt)
+            if old is not None and (is_drive_key(opt) or UNUSED_RE.match(opt)):
+                self._delete_drive(conf, opt, old, force)
+        conf.apply_pending()
 
     def _detach(self, conf: VMConf, key: str, old: str) -> None:
         volid = self.drive_volume(old)
@@ -857,11 +862,7 @@ class Node:
             if self.runtime.get(vmid) is not None:
                 raise TaskError(f"VM {vmid} already running")
             if conf.pending or conf.pending_delete:
-                for opt in list(conf.pending_delete):
-                    old = conf.values.get(opt)
-                    if old is not None and (is_drive_key(opt) or UNUSED_RE.match(opt)):
-                        self._delete_drive(conf, opt, old, conf.pending_delete[opt])
-                conf.apply_pending()
+                self.commit_pending(conf)
                 self.write(conf)
             if self.ci_drive(conf.values):
                 self.regenerate_cloudinit(conf, task.log)
