@@ -24,7 +24,6 @@ import logging
 import secrets
 import threading
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qsl
 

@@ -51,7 +51,6 @@ USERID_RE = re.compile(r"^[^\s:/]+@[A-Za-z][A-Za-z0-9.\-_]+$")
 VOLUME_ID_RE = re.compile(r"^([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)$", re.I)
 DISK_SIZE_RE = re.compile(r"^(\d+(\.\d+)?)([KMGT])?$")
 STORAGE_CONTENT = {"images", "rootdir", "vztmpl", "iso", "backup", "snippets", "import"}
-QGA_KEYS = None  # placeholder for symmetry; qcodes are checked by QEMU itself
 
 
 def split_list(text: str | None) -> list[str]:

@@ -12,13 +12,12 @@ import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from . import cloudinit
 from .auth import AccessControl, Identity
-from .config import SimConfig
+from .config import DEFAULT_CONTENT, SimConfig
 from .errors import ApiError, TaskError, die, param_error, perm_error
 from .faults import FaultInjector, FiredFaults
 from .formats import FormatError, split_list
@@ -79,11 +78,6 @@ def validate_ssh_keys(keys: str) -> None:
             raise ValueError("SSH public key validation error")
 
 
-@dataclass
-class StartResult:
-    instance: QemuInstance
-
-
 class Node:
     def __init__(self, cfg: SimConfig, schema: Schema) -> None:
         self.cfg = cfg
@@ -92,7 +86,7 @@ class Node:
         self.state = cfg.state_dir
         self.conf_dir = self.state / "etc/pve/nodes" / self.name / "qemu-server"
         self.conf_dir.mkdir(parents=True, exist_ok=True)
-        storages = [StorageDef(s["id"], Path(s["path"]), set(s.get("content") or []) or StorageDef("x", Path(".")).content,
+        storages = [StorageDef(s["id"], Path(s["path"]), set(s.get("content") or DEFAULT_CONTENT),
                                s.get("type", "dir"), bool(s.get("shared", False))) for s in cfg.storages]
         self.storage = StorageManager(storages)
         self.tasks = TaskManager(self.name, self.state / "tasks")

@@ -1,19 +1,14 @@
 """/nodes/{node}/qemu/...: VM list, create, config, clone, template, power, resize, sendkey, cloud-init."""
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from .. import cloudinit
-from ..errors import ApiError, die, perm_error
+from ..errors import die
 from ..router import Ctx, route
 from ..vmconfig import CLOUDINIT_KEYS
 
 VM = "/nodes/{node}/qemu/{vmid}"
-
-
-def _task(ctx: Ctx, task: Any) -> str:
-    return task.text
 
 
 @route("GET", "/nodes/{node}/qemu")
