@@ -246,6 +246,27 @@ def test_seabios_boot_order_falls_through_to_the_cd(testbed, tmp_path):
             wait(prox, node.qemu(vmid).delete())
 
 
+def test_uefi_guest_gets_ovmf_and_its_efivars_disk(testbed):
+    vmid = 315
+    with testbed.enter():
+        prox = testbed.proxmoxer()
+        node = prox.nodes(testbed.node)
+        wait(prox, node.qemu.post(vmid=vmid, name="uefi", memory=128, bios="ovmf", machine="q35",
+                                  efidisk0=f"{testbed.storage}:1,efitype=4m,pre-enrolled-keys=0",
+                                  sata0=f"{testbed.storage}:1,format=qcow2", ide2="none,media=cdrom",
+                                  serial0="socket", boot="order=sata0;ide2"))
+        conf = node.qemu(vmid).config.get()
+        assert conf["efidisk0"] == (f"{testbed.storage}:{vmid}/vm-{vmid}-disk-0.raw,efitype=4m,"
+                                    "pre-enrolled-keys=0,size=528K")
+        assert wait(prox, node.qemu(vmid).status.start.post())["exitstatus"] == "OK"
+        run = testbed.sim_dir / "run" / str(vmid)
+        cmdline = (run / "cmdline").read_text()
+        assert "OVMF_CODE_4M.fd" in cmdline and f"vm-{vmid}-disk-0.raw" in cmdline and "-machine q35" in cmdline
+        wait_serial(run / "serial0.log", "BdsDxe", timeout=90)  # OVMF's boot manager on the serial console
+        assert wait(prox, node.qemu(vmid).status.stop.post())["exitstatus"] == "OK"
+        wait(prox, node.qemu(vmid).delete())
+
+
 def test_power_and_agent_errors_without_a_guest_os(testbed):
     vmid = 320
     with testbed.enter():

@@ -23,7 +23,7 @@ from .faults import FaultInjector, FiredFaults
 from .formats import FormatError, split_list
 from .locks import ConfigLocks, lock_timeout_message
 from .qga import QgaError, QgaTimeout
-from .runtime import QemuInstance, QemuRuntime, memory_mib, parse_kv, parse_nic
+from .runtime import QemuInstance, QemuRuntime, memory_mib, ovmf_vars, parse_kv, parse_nic
 from .schema import Schema
 from .storage import StorageDef, StorageManager, format_size, parse_size
 from .tasks import Task, TaskManager
@@ -270,6 +270,20 @@ class Node:
             log_fn(f"{key}: successfully created disk '{volid},media=cdrom'")
             return print_drive(drive), created
         m = NEW_DISK_RE.match(file)
+        if m and key == "efidisk0" and not drive.get("import-from"):
+            storeid = m.group(1) or default_storage
+            if not storeid:
+                raise die("no storage ID specified (and no default storage)")
+            four_m = drive.get("efitype", "2m") == "4m"
+            template = ovmf_vars(four_m, bool(drive.get("pre-enrolled-keys")))
+            if not template.exists():
+                raise die(f"EFI vars default image '{template}' not found")
+            volid = self.storage.import_file(template, storeid, vmid, str(drive.pop("format", None) or "raw"))
+            created.append(volid)
+            drive["file"] = volid
+            drive["size"] = format_size(template.stat().st_size)
+            log_fn(f"{key}: successfully created disk '{print_drive(drive)}'")
+            return print_drive(drive), created
         if m and drive.get("media") != "cdrom":
             storeid = m.group(1) or default_storage
             if not storeid:

@@ -44,6 +44,20 @@ SCSI_CONTROLLERS = {"lsi": "lsi", "lsi53c810": "lsi53c810", "megasas": "megasas"
                     "virtio-scsi-pci": "virtio-scsi-pci", "virtio-scsi-single": "virtio-scsi-pci"}
 
 
+OVMF_DIR = Path("/usr/share/OVMF")
+
+
+def ovmf_code(four_m: bool) -> Path:
+    return OVMF_DIR / ("OVMF_CODE_4M.fd" if four_m else "OVMF_CODE.fd")
+
+
+def ovmf_vars(four_m: bool, ms_keys: bool) -> Path:
+    """The efivars template PVE copies into a new efidisk0 (Microsoft keys with pre-enrolled-keys=1)."""
+    if four_m:
+        return OVMF_DIR / ("OVMF_VARS_4M.ms.fd" if ms_keys else "OVMF_VARS_4M.fd")
+    return OVMF_DIR / ("OVMF_VARS.ms.fd" if ms_keys else "OVMF_VARS.fd")
+
+
 def parse_kv(value: str, default_key: str | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in value.split(","):
@@ -169,6 +183,18 @@ class QemuRuntime:
         smbios = parse_kv(conf.get("smbios1", ""))
         if smbios.get("uuid"):
             argv += ["-smbios", f"type=1,uuid={smbios['uuid']}"]
+        # UEFI: OVMF code read-only + the VM's efivars volume (efidisk0), as qemu-server does
+        if conf.get("bios") == "ovmf":
+            efi = parse_kv(conf.get("efidisk0", ""), "file")
+            four_m = efi.get("efitype", "2m") == "4m"
+            argv += ["-drive", f"if=pflash,unit=0,format=raw,readonly=on,file={ovmf_code(four_m)}"]
+            if efi.get("file"):
+                vol = self.storage.parse(efi["file"])
+                argv += ["-drive", f"if=pflash,unit=1,id=drive-efidisk0,format={vol.fmt or 'raw'},file={vol.path}"]
+            else:  # PVE: "WARN: no efidisk configured! Using temporary efivars disk."
+                tmp_vars = rundir / "efivars.fd"
+                shutil.copyfile(ovmf_vars(four_m, False), tmp_vars)
+                argv += ["-drive", f"if=pflash,unit=1,id=drive-efidisk0,format=raw,file={tmp_vars}"]
         # serial ports
         for i in range(4):
             value = conf.get(f"serial{i}")
@@ -215,9 +241,10 @@ class QemuRuntime:
                 dopts = [f"file={path}", f"format={drive.get('format', fmt)}"] + dopts
             if cdrom:
                 dopts.append("media=cdrom")
-            # test bed: no O_DIRECT (cache=none fails on overlay/tmpfs), and speed over durability
-            cache = drive.get("cache") or "unsafe"
-            dopts.append(f"cache={'writeback' if cache in ('none', 'directsync') else cache}")
+            if dopts[0].startswith("file="):  # an empty CD drive takes no cache option
+                # test bed: no O_DIRECT (cache=none fails on overlay/tmpfs), and speed over durability
+                cache = drive.get("cache") or "unsafe"
+                dopts.append(f"cache={'writeback' if cache in ('none', 'directsync') else cache}")
             if drive.get("discard") == "on":
                 dopts.append("discard=unmap")
             argv += ["-drive", ",".join(dopts)]
