@@ -425,3 +425,19 @@ def test_parallel_linked_clones_share_the_template_lock(testbed, api):
     assert node.qemu(213).config.get()["scsi0"].startswith(f"{testbed.storage}:210/base-210-disk-0.qcow2/213/")
     for vmid in (213, 210, 211, 212):
         assert wait(prox, node.qemu(vmid).delete())["exitstatus"] == "OK"
+
+
+def test_cli_functions_drive_a_running_bed(testbed, api):
+    from tests.testbed import cli
+
+    prox, node = api
+    state = cli.status(testbed.root, testbed.netns)
+    assert state["up"] is True and state["url"] == testbed.url
+    assert any(vm["vmid"] == TEMPLATE for vm in state["simulator"]["vms"])
+    image_dir = Path(node.qemu(TEMPLATE).config.get()["args"].split()[1]).parent  # kernels/<vmid>/
+    assert image_dir == testbed.root / "kernels" / str(TEMPLATE)
+    assert cli.import_image("good", 9010, testbed.root, testbed.netns, name="cli-import") == 9010
+    conf = node.qemu(9010).config.get()
+    assert conf["template"] == 1 and conf["name"] == "cli-import"
+    assert json.loads(conf["description"])["template_vmid"] == 9010
+    assert wait(prox, node.qemu(9010).delete())["exitstatus"] == "OK"
