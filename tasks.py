@@ -50,6 +50,17 @@ def _overrides(set_: list[str] | None, **flags: Any) -> dict[str, Any]:
     return result
 
 
+def _int_flag(flag: str, value: Any) -> int | None:
+    from nixgold.errors import ConfigError, ConfigIssue
+
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(ConfigIssue(flag, value, "a whole number")) from None
+
+
 @task(help={**COMMON_HELP, "output": "directory to render into (default: the current one)",
             "dialect": "plugin (Packer >= 1.10) or bundled (Packer 1.6); default from build.dialect"},
       iterable=["set_"])
@@ -102,4 +113,24 @@ def build_template(c, config=None, set_=None, dry_run=False, vmid=None, node=Non
     raise Exit("nixgold: build-template without --dry-run is not available yet", code=2)
 
 
-ns = Collection(render, config, lock, build_template)
+@task(help={**COMMON_HELP, "vmid": "template to verify (default: template.vmid)",
+            "name": "template to verify, by name (must be unique among templates)",
+            "tag": "verify the newest nixgold template with this tag",
+            "profile": "check profile: nixos or generic (verify.profile)",
+            "clones": "how many clones to boot in parallel (verify.clones, default 2)",
+            "keep": "keep the clones and the SSH key, and print how to reach them",
+            "junit": "write a JUnit XML report to this file", "json": "write a JSON report to this file",
+            "insecure": "skip TLS verification of the Proxmox API (never the default)"},
+      iterable=["set_"])
+@_cli
+def verify(c, config=None, set_=None, vmid=None, name=None, tag=None, profile=None, clones=None, keep=False,
+           junit=None, json=None, insecure=False, verbose=False):
+    """Prove a template works: clone it, boot the clones, run the checks over SSH, destroy the clones."""
+    from nixgold import app
+
+    overrides = _overrides(set_, **{"verify.profile": profile, "verify.clones": _int_flag("--clones", clones)})
+    app.verify(config, overrides, vmid=_int_flag("--vmid", vmid), name=name, tag=tag, keep=keep,
+               junit=Path(junit) if junit else None, json_path=Path(json) if json else None, insecure=insecure)
+
+
+ns = Collection(render, config, lock, build_template, verify)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, TextIO
+from typing import TYPE_CHECKING, Any, Mapping, TextIO
 
 from .config import Config, Credentials, describe_config, load_config, load_credentials
 from .dialect import choose_dialect, detect_packer
@@ -15,6 +15,9 @@ from .lock import CHANNELS_BASE_URL, LOCK_NAME, IsoLock, read_lock, resolve_chan
 from .plan import Plan, format_plan, make_plan
 from .progress import Progress
 from .render import prepare_inputs, render_files, write_files
+
+if TYPE_CHECKING:
+    from .report import VerifyReport
 
 CHANNELS_URL_ENV = "NIXGOLD_CHANNELS_URL"  # a mirror of channels.nixos.org (also used by tests)
 
@@ -102,3 +105,22 @@ def lock(config_path: str | None, overrides: Mapping[str, Any], channel: str | N
     write_lock(path, pinned)
     progress.line(f"pinned {pinned.file_name} (sha256 {pinned.sha256[:12]}…) in {path}")
     return pinned, path
+
+
+def verify(config_path: str | None, overrides: Mapping[str, Any], *, vmid: int | None = None,
+           name: str | None = None, tag: str | None = None, keep: bool = False, junit: Path | None = None,
+           json_path: Path | None = None, insecure: bool = False, progress: Progress | None = None,
+           out: TextIO | None = None, env: Mapping[str, str] | None = None) -> "VerifyReport":
+    """Clone, boot and check the template (see nixgold.verify); raises with ``.report`` unless all passed.
+
+    ``--profile`` and ``--clones`` arrive as ``verify.profile`` / ``verify.clones`` overrides.
+    """
+    import sys
+
+    from .verify import VerifyOptions, run_verify
+
+    config, creds = load(config_path, overrides, env)
+    progress = progress or Progress(redact=creds.redact)
+    options = VerifyOptions(vmid=vmid, name=name, tag=tag, keep=keep, junit=junit, json_path=json_path,
+                            insecure=insecure)
+    return run_verify(config, creds, options, progress=progress, out=out or sys.stdout)

@@ -1,0 +1,248 @@
+"""nixgold.verify without booting guests: template selection on the simulator, pre-check gating,
+infrastructure failures before any boot, and the pure helpers (names, boot disk, sizes).
+
+The check suite itself belongs to ``nixgold.checks``; where a test needs a particular verdict
+from it, a stand-in module with the same interface is put in ``sys.modules`` by monkeypatch.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from nixgold.config import Credentials, load_config
+from nixgold.errors import ExitCode, ProxmoxError
+from nixgold.progress import Progress
+from nixgold.proxmox import ProxmoxClient, RetryPolicy
+from nixgold.verify import (ChecksFailed, TemplateSelectionError, VerifyOptions, boot_disk, clone_name, net0_mac,
+                            parse_size, resolve_template, run_verify, split_tags)
+
+TEMPLATE = 9004
+FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
+
+
+# ------------------------------------------------------------------------------- pure helpers
+def test_clone_names_are_dns_labels():
+    assert clone_name("nixos-golden", 1) == "nixos-golden-verify-1"
+    assert clone_name("Golden_Image.v2", 2) == "golden-image-v2-verify-2"
+    long = clone_name("x" * 80, 8)
+    assert len(long) <= 63 and long.endswith("-verify-8")
+
+
+def test_boot_disk_follows_the_boot_order():
+    config = {"boot": "order=ide2;virtio1;net0", "ide2": "local:iso/x.iso,media=cdrom",
+              "virtio1": "local:120/vm-120-disk-1.qcow2,size=20G", "scsi0": "local:120/vm-120-disk-0.qcow2,size=4G"}
+    assert boot_disk(config) == ("virtio1", 20 * 1024 ** 3)
+    assert boot_disk({"bootdisk": "sata0", "sata0": "local-lvm:vm-1-disk-0,size=512M"}) == ("sata0", 512 * 1024 ** 2)
+    assert boot_disk({"ide2": "local:120/vm-120-cloudinit.qcow2,media=cdrom",
+                      "scsi1": "local:1/a.raw,size=1G", "scsi0": "local:1/b.raw"}) == ("scsi0", None)
+    with pytest.raises(ProxmoxError, match="no boot disk"):
+        boot_disk({"ide2": "local:120/vm-120-cloudinit.qcow2,media=cdrom"})
+
+
+def test_sizes_macs_and_tags():
+    assert parse_size("2G") == 2 * 1024 ** 3 and parse_size("1536") == 1536 and parse_size("1.5K") == 1536
+    assert net0_mac({"net0": "virtio=BC:24:11:CC:0C:48,bridge=vmbr0"}) == "BC:24:11:CC:0C:48"
+    assert split_tags("nixgold;Golden,testbed") == ["nixgold", "golden", "testbed"]
+
+
+# --------------------------------------------------------------------- template selection
+@pytest.fixture
+def client(testbed) -> Iterator[ProxmoxClient]:
+    with testbed.enter():
+        yield ProxmoxClient(Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
+                                        ca_bundle=str(testbed.ca_path)), retry=FAST)
+
+
+def manifest(vmid: int, build_time: str | None) -> str:
+    return json.dumps({"nixgold_manifest": 1, "nixgold_version": "0.1.0", "config_sha256": "0" * 64,
+                       "nixos_release": "26.05", "template_vmid": vmid, "template_name": f"t{vmid}",
+                       "dialect": "plugin", "firmware": "uefi", "build_time": build_time})
+
+
+@pytest.fixture
+def extra_vms(client) -> Iterator[Callable[..., int]]:
+    made: list[int] = []
+
+    def make(vmid: int, name: str, *, tags: str | None = None, description: str | None = None,
+             template: bool = True) -> int:
+        client.wait_task(client.post("nodes/pve/qemu", vmid=vmid, name=name, memory=64, tags=tags,
+                                     description=description), 60)
+        made.append(vmid)
+        if template:
+            client.wait_task(client.post(f"nodes/pve/qemu/{vmid}/template"), 60)
+        return vmid
+
+    yield make
+    for vmid in made:
+        client.wait_task(client.destroy("pve", vmid), 60)
+
+
+def test_default_and_explicit_vmid(client):
+    t = resolve_template(client, vmid=None, name=None, tag=None, default_vmid=TEMPLATE)
+    assert (t.vmid, t.node, t.selected_by) == (TEMPLATE, "pve", "template.vmid = 9004")
+    assert t.manifest is not None and t.config["template"] == 1
+    t = resolve_template(client, vmid=TEMPLATE, name=None, tag=None, default_vmid=1)
+    assert t.selected_by == "--vmid 9004" and t.name == "nixgold-testbed-good"
+    with pytest.raises(TemplateSelectionError, match=r"no VM 424242 in the cluster .*--vmid") as info:
+        resolve_template(client, vmid=424242, name=None, tag=None, default_vmid=TEMPLATE)
+    assert info.value.exit_code == ExitCode.CONFIG
+    with pytest.raises(TemplateSelectionError, match="only one of"):
+        resolve_template(client, vmid=TEMPLATE, name="x", tag=None, default_vmid=TEMPLATE)
+
+
+def test_names_must_be_unique_among_templates(client, extra_vms):
+    assert resolve_template(client, vmid=None, name="nixgold-testbed-good", tag=None, default_vmid=1).vmid == TEMPLATE
+    extra_vms(9201, "dup-name")
+    extra_vms(9202, "dup-name")
+    extra_vms(9203, "nixgold-testbed-good", template=False)  # a VM, not a template: does not count
+    assert resolve_template(client, vmid=None, name="nixgold-testbed-good", tag=None, default_vmid=1).vmid == TEMPLATE
+    with pytest.raises(TemplateSelectionError, match=r"'dup-name' is ambiguous: vmids 9201, 9202; pick one with --vmid"):
+        resolve_template(client, vmid=None, name="dup-name", tag=None, default_vmid=1)
+    with pytest.raises(TemplateSelectionError, match=r"no template named 'nope' \(templates: .*nixgold-testbed-good \(9004\)"):
+        resolve_template(client, vmid=None, name="nope", tag=None, default_vmid=1)
+
+
+def test_tag_picks_the_newest_nixgold_template(client, extra_vms):
+    extra_vms(9211, "old", tags="golden;nixos", description=manifest(9211, "2026-01-01T00:00:00Z"))
+    extra_vms(9212, "new", tags="golden", description=manifest(9212, "2026-06-01T00:00:00Z"))
+    extra_vms(9213, "newest-vmid-no-manifest", tags="golden", description="hand-made")
+    extra_vms(9214, "not-a-template", tags="golden", description=manifest(9214, "2027-01-01T00:00:00Z"),
+              template=False)
+    said: list[str] = []
+    t = resolve_template(client, vmid=None, name=None, tag="Golden", default_vmid=1, say=said.append)
+    assert t.vmid == 9212 and t.selected_by == "--tag Golden"
+    assert said == ["--tag Golden: chose template 9212 (new), newest by manifest build_time "
+                    "(2026-06-01T00:00:00Z); also tagged: 9211"]
+    extra_vms(9215, "undated-a", tags="undated", description=manifest(9215, None))
+    extra_vms(9216, "undated-b", tags="undated", description=manifest(9216, None))
+    assert resolve_template(client, vmid=None, name=None, tag="undated", default_vmid=1).vmid == 9216
+    extra_vms(9217, "plain", tags="plain", description="no manifest")
+    with pytest.raises(TemplateSelectionError, match=r"no nixgold template tagged 'plain' \(9217 carry the tag"):
+        resolve_template(client, vmid=None, name=None, tag="plain", default_vmid=1)
+
+
+# --------------------------------------------------------------- the run, stopped before booting
+@dataclass(frozen=True)
+class Result:
+    id: str
+    target: str
+    outcome: str
+    seconds: float
+    reason: str = ""
+    summary: str = ""
+
+
+@dataclass
+class StubChecks:
+    """Same interface as nixgold.checks; ``template`` is what template_checks answers."""
+
+    template: list[Result] = field(default_factory=lambda: [Result("template.is-template", "template", "passed", 0)])
+    contexts: list[Any] = field(default_factory=list)
+
+    def module(self) -> types.ModuleType:
+        mod = types.ModuleType("nixgold.checks")
+        mod.CheckResult = Result
+        mod.CloneTarget = lambda **kw: types.SimpleNamespace(**kw)
+        mod.CheckContext = lambda **kw: types.SimpleNamespace(**kw)
+        mod.BLOCKING_TEMPLATE_CHECKS = frozenset({"template.is-template", "template.agent", "template.cloud-init"})
+        mod.template_checks = lambda config, description: list(self.template)
+
+        def run_checks(ctx: Any, extra_dirs: Any = ()) -> list[Result]:
+            self.contexts.append(ctx)
+            return [Result("stub.ok", c.name, "passed", 0.1) for c in ctx.clones]
+
+        mod.run_checks = run_checks
+        return mod
+
+
+@pytest.fixture
+def verify_env(testbed, monkeypatch, tmp_path) -> Iterator[Callable[..., Any]]:
+    """Run nixgold.verify in-process against the bed with stand-in checks; returns (report|exc, stderr)."""
+    stub = StubChecks()
+    monkeypatch.setitem(sys.modules, "nixgold.checks", stub.module())
+
+    def run(*sets: str, **options: Any) -> tuple[Any, str]:
+        overrides = dict(s.split("=", 1) for s in sets)
+        overrides = {k: (int(v) if v.isdigit() else v) for k, v in overrides.items()}
+        config = load_config(testbed.config_path, overrides=overrides, env={})
+        creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
+                            ca_bundle=str(testbed.ca_path))
+        err, out = io.StringIO(), io.StringIO()
+        options.setdefault("json_path", tmp_path / "verify.json")
+        with testbed.enter():
+            client = ProxmoxClient(creds, retry=FAST)
+            try:
+                outcome: Any = run_verify(config, creds, VerifyOptions(**options), progress=Progress(stream=err),
+                                          out=out, client=client)
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                outcome = exc
+        return outcome, err.getvalue() + out.getvalue()
+
+    run.stub = stub  # type: ignore[attr-defined]
+    yield run
+    with testbed.enter():
+        testbed.sim_admin.clear_faults()
+
+
+def clones_left(testbed) -> list[int]:
+    with testbed.enter():
+        return [vm["vmid"] for vm in testbed.proxmoxer().cluster.resources.get(type="vm")
+                if "nixgold-verify" in (vm.get("tags") or "") or "-verify-" in (vm.get("name") or "")]
+
+
+def test_a_blocking_precheck_skips_cloning(testbed, verify_env, tmp_path):
+    verify_env.stub.template = [Result("template.is-template", "template", "failed", 0, "VM 9004 is not a template"),
+                                Result("template.serial", "template", "passed", 0)]
+    outcome, text = verify_env(vmid=TEMPLATE)
+    assert isinstance(outcome, ChecksFailed) and outcome.exit_code == ExitCode.VERIFY
+    assert "not cloning: template.is-template: VM 9004 is not a template" in text
+    assert "cloning 9004" not in text and clones_left(testbed) == []
+    data = json.loads((tmp_path / "verify.json").read_text())
+    assert data["exit_code"] == 5 and data["clones"] == [] and len(data["results"]) == 2
+
+
+def test_a_500_on_clone_is_an_infrastructure_error_and_leaves_nothing(testbed, verify_env, tmp_path):
+    with testbed.enter():
+        testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/clone", status=500, message="injected: storage offline",
+                               times=0)
+    outcome, text = verify_env(vmid=TEMPLATE)
+    assert isinstance(outcome, ProxmoxError) and outcome.exit_code == ExitCode.INFRA
+    assert "injected: storage offline" in str(outcome) and "cloning 9004 to" in str(outcome)
+    assert clones_left(testbed) == []
+    data = json.loads((tmp_path / "verify.json").read_text())
+    assert data["outcome"] == "error" and data["exit_code"] == 6 and "injected: storage offline" in data["error"]
+
+
+def test_the_ephemeral_key_is_removed_and_never_reported(testbed, verify_env, tmp_path, monkeypatch):
+    with testbed.enter():
+        testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/start", status=500, message="injected: no start")
+        testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/status/start", status=500, message="injected: no start")
+    seen: list[Path] = []
+    secret_lines: list[str] = []
+    import nixgold.sshkeys as sshkeys
+
+    real = sshkeys.generate
+
+    def spy(comment: str, parent: Any = None) -> Any:
+        key = real(comment, tmp_path)
+        assert key.private_key_file.stat().st_mode & 0o777 == 0o600
+        seen.append(key.private_key_file)
+        secret_lines.extend(key.secret_lines)
+        return key
+
+    monkeypatch.setattr(sshkeys, "generate", spy)
+    outcome, text = verify_env("verify.clones=1", vmid=TEMPLATE)
+    assert isinstance(outcome, ProxmoxError) and "injected: no start" in str(outcome)
+    (key_file,) = seen
+    assert not key_file.exists() and not key_file.parent.exists()
+    assert clones_left(testbed) == []
+    assert "destroying 1 clone" in text
+    report = (tmp_path / "verify.json").read_text()
+    assert secret_lines and not any(line in report or line in text for line in secret_lines)
