@@ -298,7 +298,7 @@ def test_power_and_agent_errors_without_a_guest_os(testbed):
 
 
 def test_teardown_and_a_killed_simulator_leave_nothing(tmp_path):
-    bed = Testbed(root=tmp_path / "bed", netns=f"ngtest-{os.getpid()}-td", log_fn=lambda msg: None)
+    bed = Testbed(root=tmp_path / "bed", netns=f"ngbed-{os.getpid()}-td", log_fn=lambda msg: None)
     qemu_pids: list[int] = []
     try:
         bed.up(template=False)

@@ -98,7 +98,7 @@ class GuestInfo:
 
 @dataclass
 class Testbed:
-    """One test bed.  Pytest uses a unique ``netns`` (``ngtest-<pid>``) and a tmp ``root``."""
+    """One test bed.  Pytest uses a unique ``netns`` (``ngbed-<pid>``) and a tmp ``root``."""
 
     __test__ = False
 

@@ -1,7 +1,7 @@
 """pytest fixtures for the test bed (loaded from tests/conftest.py via ``pytest_plugins``).
 
 ``testbed`` (session): a :class:`~tests.testbed.bed.Testbed` that is up, with the stand-in
-``good`` image imported as template 9004, in its own namespace ``ngtest-<pid>`` (never the
+``good`` image imported as template 9004, in its own namespace ``ngbed-<pid>`` (never the
 hand-started ``nixgold-testbed``) and a temporary root.  Use it like::
 
     def test_x(testbed):
@@ -39,7 +39,7 @@ def _leftovers(bed: Testbed) -> list[str]:
 @pytest.fixture(scope="session")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     root = Path(tmp_path_factory.mktemp("testbed"))
-    bed = Testbed(root=root, netns=f"ngtest-{os.getpid()}", log_fn=lambda msg: None)
+    bed = Testbed(root=root, netns=f"ngbed-{os.getpid()}", log_fn=lambda msg: None)
     try:
         bed.up()
         yield bed
