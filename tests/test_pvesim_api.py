@@ -441,3 +441,34 @@ def test_cli_functions_drive_a_running_bed(testbed, api):
     assert conf["template"] == 1 and conf["name"] == "cli-import"
     assert json.loads(conf["description"])["template_vmid"] == 9010
     assert wait(prox, node.qemu(9010).delete())["exitstatus"] == "OK"
+
+
+def test_download_url_into_iso_storage(testbed, api, tmp_path):
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    prox, node = api
+    (tmp_path / "dl.iso").write_bytes(b"not really an iso\n" * 100)
+    digest = hashlib.sha256((tmp_path / "dl.iso").read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with testbed.enter():  # the socket must live in the namespace, where the simulator is
+        httpd = http.server.ThreadingHTTPServer((testbed.host, 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://{testbed.host}:{httpd.server_address[1]}/dl.iso"
+        storage = node.storage(testbed.storage)
+        upid = storage("download-url").post(content="iso", filename="dl.iso", url=url, checksum=digest,
+                                            **{"checksum-algorithm": "sha256"})
+        assert Tasks.decode_upid(upid)["type"] == "download" and wait(prox, upid)["exitstatus"] == "OK"
+        assert any(i["volid"] == f"{testbed.storage}:iso/dl.iso" for i in storage.content.get(content="iso"))
+        status = wait(prox, storage("download-url").post(content="iso", filename="dl2.iso", url=url,
+                                                         checksum="0" * 64, **{"checksum-algorithm": "sha256"}))
+        assert status["exitstatus"] == f"checksum mismatch: got '{digest}' != expect '{'0' * 64}'"
+        err = raises(lambda: storage("download-url").post(content="iso", filename="x.txt", url=url), 400)
+        assert err.errors == {"filename": "wrong file extension"}
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

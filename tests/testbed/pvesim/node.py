@@ -51,13 +51,18 @@ ENCRYPTED_PW_RE = re.compile(r"^\$(?:[156]|2[ay])(\$.+){2}")
 
 
 def encrypt_pw(password: str) -> str:
-    """PVE::Tools::encrypt_pw: SHA-512 crypt."""
+    """PVE::Tools::encrypt_pw: SHA-512 crypt (stdlib ``crypt`` until 3.12, else ``openssl passwd -6``)."""
     import warnings
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import crypt  # deprecated in 3.11 but present; no extra dependency
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+    except ImportError:  # Python >= 3.13
+        import subprocess
 
+        return subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password, capture_output=True,
+                              text=True, check=True).stdout.strip()
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
 
 
