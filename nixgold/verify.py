@@ -419,7 +419,7 @@ class Verifier:
                          for c in self.clones if c.job.requested]
         report.stages = [StageInfo(s.name, s.seconds, s.ok) for s in self.progress.timings[first_stage:]]
         report.wall_seconds = time.monotonic() - started
-        if self.options.keep and self.key is not None:
+        if any(c.kept for c in self.clones) and self.key is not None:
             report.ssh_key_file = str(self.key.private_key_file)
             report.ssh_commands = [
                 f"ssh -i {self.key.private_key_file} {self.config.verify.ciuser}@{c.address}"
@@ -431,9 +431,10 @@ class Verifier:
         if isinstance(error, KeyboardInterrupt) or isinstance(error, Interrupted):
             report.outcome, report.exit_code = "interrupted", int(ExitCode.INTERRUPTED)
             left = [str(c.vmid) for c in self.clones if c.job.requested and not c.destroyed and not c.kept]
+            kept = [str(c.vmid) for c in self.clones if c.kept]
             report.error = (f"interrupted by {self.signals.received or 'SIGINT'}; "
                             + (f"clones NOT destroyed: {', '.join(left)}" if left else
-                               "every clone was destroyed" if not self.options.keep else "clones kept (--keep)"))
+                               f"clones kept (--keep): {', '.join(kept)}" if kept else "every clone was destroyed"))
             exc_out = Interrupted(report.error)
         elif error is not None or cleanup_errors:
             message = str(error) if error is not None else ""
@@ -459,7 +460,7 @@ class Verifier:
         for path in write_reports(report, junit=self.options.junit, json_path=self.options.json_path,
                                   redact=self.redact):
             self.say(f"wrote {path}")
-        if self.key is not None and not self.options.keep:
+        if self.key is not None and not any(c.kept for c in self.clones):
             self.key.remove()
         if exc_out is not None:
             exc_out.report = report  # type: ignore[attr-defined]
@@ -498,7 +499,7 @@ class Verifier:
                                  f"({label}{', falls back to full' if mode == 'auto' else ''})"):
             self.parallel(self._clone, self.clones)
         with self.progress.stage(f"booting {count} clone{'s' if count > 1 else ''}: waiting for guest agents, "
-                                 f"addresses and SSH"):
+                                 f"addresses and SSH"), _quiet_paramiko():
             self.parallel(self._boot, self.clones)
         for c in self.clones:
             results.extend(c.boot_results)
@@ -623,21 +624,20 @@ class Verifier:
         deadline = agent_up + self.ssh_timeout
         user = self.config.verify.ciuser
         last = "no attempt"
-        with _quiet_paramiko():
-            while True:
-                self.check_cancel()
-                ok, last = ssh_login(c.address, user, self.key.private_key_file,
-                                     timeout=max(1.0, min(10.0, deadline - time.monotonic())))
-                if ok:
-                    break
-                if time.monotonic() >= deadline:
-                    c.timings["agent_to_ssh"] = time.monotonic() - agent_up
-                    c.boot_results.append(self._result(
-                        "boot.ssh", c.name, "failed", c.timings["agent_to_ssh"],
-                        f"no SSH key login as {user}@{c.address} within {_fmt_duration(self.ssh_timeout)} after "
-                        f"the agent came up (last: {last})", "SSH accepts the injected key for the cloud-init user"))
-                    return
-                self.pause(1.0)
+        while True:
+            self.check_cancel()
+            ok, last = ssh_login(c.address, user, self.key.private_key_file,
+                                 timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+            if ok:
+                break
+            if time.monotonic() >= deadline:
+                c.timings["agent_to_ssh"] = time.monotonic() - agent_up
+                c.boot_results.append(self._result(
+                    "boot.ssh", c.name, "failed", c.timings["agent_to_ssh"],
+                    f"no SSH key login as {user}@{c.address} within {_fmt_duration(self.ssh_timeout)} after "
+                    f"the agent came up (last: {last})", "SSH accepts the injected key for the cloud-init user"))
+                return
+            self.pause(1.0)
         c.timings["agent_to_ssh"] = time.monotonic() - agent_up
         c.boot_results.append(self._result("boot.ssh", c.name, "passed", c.timings["agent_to_ssh"],
                                            summary="SSH accepts the injected key for the cloud-init user"))
@@ -677,12 +677,11 @@ class Verifier:
     # -- cleanup -----------------------------------------------------------------------------------
     def _cleanup(self) -> list[str]:
         """Destroy every clone we (may have) created; returns messages for the ones that survive."""
-        todo = [c for c in self.clones if c.job.requested]
+        requested = [c for c in self.clones if c.job.requested]
+        for c in requested:  # --keep keeps finished clones; one still being cloned is destroyed
+            c.kept = self.options.keep and c.job.done and not c.job.upid
+        todo = [c for c in requested if not c.kept]
         if not todo:
-            return []
-        if self.options.keep:
-            for c in todo:
-                c.kept = c.job.done
             return []
         errors: list[str] = []
         n = len(todo)

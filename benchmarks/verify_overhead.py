@@ -1,0 +1,130 @@
+"""What `invoke verify` costs on top of booting the guest (goal: wall time <= boot floor + 15 s).
+
+    .venv/bin/python benchmarks/verify_overhead.py [--clones 2] [--keep-bed]
+
+On a private test bed (namespace ``ngbench-<pid>``, template 9004 = the `good` stand-in) it
+measures, one after the other so they do not compete for the CPU:
+
+1. the boot floor: one linked clone made by hand through the API (cloud-init user + key), from
+   the start request until an SSH key login succeeds;
+2. `invoke verify --vmid 9004 --profile generic` with two clones (its own wall time, and the
+   per-stage split from its JSON report);
+
+and prints the overhead (verify wall time - boot floor) and whether the goal is met. Note that two
+TCG guests booting at once on a 2-core machine are each slower than one alone: that slowdown is
+part of the measured overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GOAL_OVERHEAD_S = 15.0
+
+
+def boot_floor(bed: object) -> tuple[float, float]:
+    """(seconds from start to SSH key login, seconds from start to agent ping) for one clone."""
+    from nixgold import sshkeys
+    from nixgold.config import Credentials
+    from nixgold.proxmox import CloneJob, ProxmoxClient, agent_addresses
+    from nixgold.verify import ssh_login
+
+    creds = Credentials(url=bed.url, token_id=bed.token_id, token_secret=bed.token_secret,  # type: ignore[attr-defined]
+                        ca_bundle=str(bed.ca_path))  # type: ignore[attr-defined]
+    key = sshkeys.generate("benchmark")
+    with bed.enter():  # type: ignore[attr-defined]
+        client = ProxmoxClient(creds)
+        job = client.run_clone(CloneJob("pve", 9004, "bench-floor"), timeout=600)
+        try:
+            client.set_config("pve", job.vmid, ciuser="nixgold", sshkeys=[key.public_key], ipconfig0="ip=dhcp",
+                              ciupgrade=False)
+            t0 = time.monotonic()
+            client.wait_task(client.start("pve", job.vmid), 600)
+            agent_at = None
+            address = None
+            while address is None:
+                try:
+                    client.agent("pve", job.vmid, "ping")
+                    agent_at = agent_at or time.monotonic() - t0
+                    found = agent_addresses(client.agent("pve", job.vmid, "network-get-interfaces"))
+                    address = found[0] if found else None
+                except Exception:  # noqa: BLE001 - the agent is not up yet
+                    pass
+                if address is None:
+                    time.sleep(1)
+                if time.monotonic() - t0 > 900:
+                    raise RuntimeError("the hand-booted clone never reported an address")
+            while not ssh_login(address, "nixgold", key.private_key_file)[0]:
+                time.sleep(1)
+            return time.monotonic() - t0, agent_at or 0.0
+        finally:
+            if client.vm_status("pve", job.vmid)["status"] != "stopped":
+                client.wait_task(client.stop("pve", job.vmid), 120)
+            client.wait_task(client.destroy("pve", job.vmid), 120)
+            key.remove()
+
+
+def run_verify(bed: object, clones: int, report: Path) -> tuple[float, int, dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "NIXGOLD_", "REQUESTS_CA"))}
+    env.update(bed.env())  # type: ignore[attr-defined]
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    invoke = REPO / ".venv" / "bin" / "invoke"
+    cmd = [str(invoke)] if invoke.exists() else [sys.executable, "-m", "invoke"]
+    argv = ["ip", "netns", "exec", bed.netns, *cmd, "-r", str(REPO), "verify", "--vmid", "9004",  # type: ignore[attr-defined]
+            "--profile", "generic", "--clones", str(clones), "--json", str(report)]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        print(proc.stdout, proc.stderr, sep="\n", file=sys.stderr)
+    data = json.loads(report.read_text()) if report.exists() else {}
+    return wall, proc.returncode, data
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clones", type=int, default=2)
+    ap.add_argument("--keep-bed", action="store_true", help="leave the test bed up (prints where)")
+    args = ap.parse_args()
+
+    from tests.testbed.bed import Testbed
+
+    root = Path(tempfile.mkdtemp(prefix="nixgold-bench-"))
+    bed = Testbed(root=root, netns=f"ngbench-{os.getpid()}", log_fn=lambda msg: None)
+    print(f"bringing up a test bed in {root} (netns {bed.netns}) ...", flush=True)
+    bed.up()
+    try:
+        floor, agent = boot_floor(bed)
+        print(f"boot floor (one clone by hand, start -> SSH key login): {floor:.1f} s "
+              f"(agent answered after {agent:.1f} s)", flush=True)
+        wall, rc, data = run_verify(bed, args.clones, root / "verify.json")
+        print(f"invoke verify with {args.clones} clones: {wall:.1f} s wall (exit {rc})")
+        for clone in data.get("clones", []):
+            t = clone.get("timings", {})
+            print("  {vmid} {name}: ".format(**clone) + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()))
+        for stage in data.get("timings", {}).get("stages", []):
+            print(f"  stage {stage['name']}: {stage['seconds']:.1f} s")
+        overhead = wall - floor
+        met = rc == 0 and overhead <= GOAL_OVERHEAD_S
+        print(f"overhead: {overhead:.1f} s over the boot floor (goal <= {GOAL_OVERHEAD_S:.0f} s: "
+              f"{'met' if met else 'NOT met'}); load average now {os.getloadavg()[0]:.2f}")
+        return 0 if rc == 0 else 1
+    finally:
+        if args.keep_bed:
+            print(f"test bed left up: {bed.usage()}")
+        else:
+            bed.down()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""`invoke verify` as a user runs it: real `invoke` processes inside the test bed's namespace,
+against the simulated PVE API and real QEMU/TCG guests (template 9004 = the `good` stand-in).
+
+Boots are expensive on a 2-core box, so only two runs boot guests to SSH: the passing run (two
+clones in parallel, with a taken-vmid race injected) and the `--keep` run (one clone). The rest
+stop early: signals while clones boot or while a clone task still runs, an agent that never
+answers (the simulator's slow-agent fault with a short `verify.agent_timeout`), API faults on
+clone. Every test ends by proving no clone is left (`cluster/resources`).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from nixgold.errors import ExitCode
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = 9004
+
+
+def argv(testbed: Any, *args: str) -> list[str]:
+    invoke = REPO / ".venv" / "bin" / "invoke"
+    cmd = [str(invoke)] if invoke.exists() else [sys.executable, "-m", "invoke"]
+    return ["ip", "netns", "exec", testbed.netns, *cmd, "-r", str(REPO), "verify", *args]
+
+
+def env(testbed: Any) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "NIXGOLD_", "REQUESTS_CA"))}
+    base.update(testbed.env())
+    base.pop("REQUESTS_CA_BUNDLE", None)  # the product must verify with PROXMOX_CA_BUNDLE alone
+    return base
+
+
+def verify(testbed: Any, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv(testbed, *args), env=env(testbed), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def verify_vms(testbed: Any) -> list[dict[str, Any]]:
+    """Every VM that looks like a verify clone (tag or name), from cluster/resources."""
+    with testbed.enter():
+        vms = testbed.proxmoxer().cluster.resources.get(type="vm")
+    return [vm for vm in vms if "nixgold-verify" in (vm.get("tags") or "") or "-verify-" in (vm.get("name") or "")]
+
+
+def remove_vm(testbed: Any, vmid: int) -> None:
+    from nixgold.config import Credentials
+    from nixgold.proxmox import ProxmoxClient
+
+    with testbed.enter():
+        client = ProxmoxClient(Credentials(url=testbed.url, token_id=testbed.token_id,
+                                           token_secret=testbed.token_secret, ca_bundle=str(testbed.ca_path)))
+        if client.find_vm(vmid) is None:
+            return
+        if client.vm_status("pve", vmid)["status"] != "stopped":
+            client.wait_task(client.stop("pve", vmid), 60)
+        client.wait_task(client.destroy("pve", vmid), 60)
+
+
+def _all_vms(testbed: Any) -> list[dict[str, Any]]:
+    with testbed.enter():
+        return testbed.proxmoxer().cluster.resources.get(type="vm")
+
+
+@pytest.fixture(autouse=True)
+def before(testbed) -> Any:
+    """The vmids that existed before the test; anything new afterwards is a leftover."""
+    ids = {int(vm["vmid"]) for vm in _all_vms(testbed)}
+    yield ids
+    with testbed.enter():
+        testbed.sim_admin.clear_faults()
+    for vm in _all_vms(testbed):  # never let one test's leftovers break the next
+        if int(vm["vmid"]) not in ids:
+            remove_vm(testbed, int(vm["vmid"]))
+
+
+def assert_no_clone_left(testbed: Any, before: set[int]) -> None:
+    left = [vm for vm in _all_vms(testbed) if int(vm["vmid"]) not in before]
+    assert left == [], f"VMs survived: {[(vm['vmid'], vm.get('name'), vm.get('lock')) for vm in left]}"
+
+
+# ---------------------------------------------------------------------------------- passing
+def test_good_template_passes_with_two_parallel_clones(testbed, before, tmp_path):
+    """Also the vmid race: another client takes the first clone's vmid; verify picks a new one."""
+    with testbed.enter():
+        testbed.sim_admin.take_vmid_on_clone(nth=1)
+    junit, report = tmp_path / "verify.xml", tmp_path / "verify.json"
+    t0 = time.monotonic()
+    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic", "--junit", str(junit),
+                    "--json", str(report))
+    wall = time.monotonic() - t0
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    out, err = result.stdout, result.stderr
+
+    # progress: one line per stage with elapsed time
+    assert re.search(r"\[\s*\d+\.\ds\] cloning 9004 -> \d+, \d+ \(linked", err)
+    assert "was taken by another client; cloning to" in err
+    assert re.search(r"\d+ agent up after \d+\.\ds, address 10\.99\.0\.\d+", err)
+    assert "booting 2 clones: waiting for guest agents" in err and "destroying 2 clones" in err
+    # the table
+    header = out.splitlines()[0].split()
+    assert header == ["CHECK", "TARGET", "RESULT", "TIME", "REASON"]
+    assert "boot.ssh" in out and "FAILED" not in out and re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", out)
+
+    data = json.loads(report.read_text())
+    assert data["outcome"] == "passed" and data["exit_code"] == 0 and data["profile"] == "generic"
+    assert data["template"]["vmid"] == TEMPLATE and data["template"]["manifest"]["template_vmid"] == TEMPLATE
+    clones = data["clones"]
+    assert len(clones) == 2 and len({c["vmid"] for c in clones}) == 2 and all(c["mode"] == "linked" for c in clones)
+    assert [c["name"] for c in clones] == ["nixgold-testbed-good-verify-1", "nixgold-testbed-good-verify-2"]
+    for c in clones:
+        assert ipaddress.ip_address(c["address"]) in ipaddress.ip_network(testbed.subnet)
+        assert {"clone", "boot_to_agent", "agent_to_ssh", "checks", "destroy"} <= set(c["timings"])
+        assert c["destroyed"] and not c["kept"]
+    # the two clones booted at the same time, not one after the other
+    boot = [c["timings"]["boot_to_agent"] + c["timings"]["agent_to_ssh"] for c in clones]
+    assert data["timings"]["wall"] < sum(boot) + 60 and data["timings"]["wall"] <= wall
+    ids = {(r["id"], r["target"]) for r in data["results"]}
+    for c in clones:
+        assert {("boot.agent", c["name"]), ("boot.address", c["name"]), ("boot.ssh", c["name"])} <= ids
+    assert all(r["outcome"] in ("passed", "skipped") for r in data["results"])
+    assert data["ssh_key_file"] is None and "PRIVATE KEY" not in report.read_text()
+
+    root = ET.parse(junit).getroot()
+    assert root.get("tests") == str(len(data["results"])) and root.get("failures") == "0"
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert {c["name"] for c in clones} <= set(suites)
+    assert sum(int(s.get("tests")) for s in suites.values()) == len(data["results"])
+
+    assert testbed.token_secret not in out + err + report.read_text() + junit.read_text()
+    taken = [vm for vm in _all_vms(testbed) if vm.get("name") == "other-client"]
+    assert len(taken) == 1 and taken[0]["vmid"] not in {c["vmid"] for c in clones}
+    remove_vm(testbed, int(taken[0]["vmid"]))  # the other client's VM was left alone
+    assert_no_clone_left(testbed, before)
+
+
+def test_keep_leaves_the_clone_and_prints_how_to_reach_it(testbed, before):
+    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic", "--clones", "1", "--keep")
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    m = re.search(r"ssh -i (\S+) nixgold@(\S+)", result.stdout)
+    assert m, result.stdout
+    key_file, address = Path(m.group(1)), m.group(2)
+    try:
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        (vm,) = verify_vms(testbed)
+        assert vm["status"] == "running" and vm["name"] == "nixgold-testbed-good-verify-1"
+        assert "destroying" not in result.stderr
+        with testbed.enter():  # the printed command works: same key, same user, same address
+            ssh = paramiko.SSHClient()
+            ssh.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())
+            ssh.connect(address, username="nixgold", key_filename=str(key_file), look_for_keys=False,
+                        allow_agent=False, timeout=30)
+            _, stdout, _ = ssh.exec_command("hostname")
+            assert stdout.read().decode().strip() == vm["name"]
+            ssh.close()
+    finally:
+        for vm in verify_vms(testbed):
+            remove_vm(testbed, int(vm["vmid"]))
+        shutil.rmtree(key_file.parent, ignore_errors=True)
+    assert_no_clone_left(testbed, before)
+
+
+# ------------------------------------------------------------------------------- failing
+class Running:
+    """`invoke verify` in the background, its stderr collected line by line."""
+
+    def __init__(self, testbed: Any, *args: str):
+        self.proc = subprocess.Popen(argv(testbed, *args), env=env(testbed), cwd=REPO, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.out = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(re.search(pattern, line) for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{pattern!r} not seen; stderr so far:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float = 300) -> int:
+        assert self.proc.stdout is not None
+        self.out = self.proc.stdout.read()
+        rc = self.proc.wait(timeout)
+        self._reader.join(10)
+        return rc
+
+    @property
+    def err(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.mark.parametrize("sig, when", [(signal.SIGINT, "booting"), (signal.SIGTERM, "clone task running")])
+def test_a_signal_destroys_every_clone_and_exits_130(testbed, before, sig, when):
+    if when == "clone task running":
+        with testbed.enter():  # the second clone's task sleeps while its config says 'lock: clone'
+            testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=8, nth=2)
+    run = Running(testbed, "--vmid", str(TEMPLATE), "--profile", "generic")
+    try:
+        if when == "booting":
+            run.wait_for(r"booting 2 clones")
+            time.sleep(3)  # QEMU is up, the guests are booting
+            assert len(verify_vms(testbed)) == 2
+        else:
+            run.wait_for(r"cloning 9004 ->")
+            deadline = time.monotonic() + 30
+            while not any(vm.get("lock") == "clone" for vm in _all_vms(testbed)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert any(vm.get("lock") == "clone" for vm in _all_vms(testbed))
+        run.proc.send_signal(sig)
+        rc = run.finish()
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == ExitCode.INTERRUPTED, run.err
+    assert f"interrupted by {sig.name}; every clone was destroyed" in run.err
+    assert re.search(r"destroying 2 clones \(\d+, \d+\): done", run.err)
+    assert_no_clone_left(testbed, before)
+
+
+def test_an_agent_that_never_answers_is_a_failed_boot_check(testbed, before, tmp_path):
+    with testbed.enter():
+        testbed.sim_admin.slow_agent(3600)
+    report = tmp_path / "verify.json"
+    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic", "--clones", "1", "--json", str(report),
+                    "--set", "verify.agent_timeout=15s")
+    assert result.returncode == ExitCode.VERIFY, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("boot.agent"))
+    assert "FAILED" in row and "guest agent did not answer within 15s" in row
+    assert re.search(r"nixgold: \d+ of \d+ checks failed: boot.agent on nixgold-testbed-good-verify-1", result.stderr)
+    data = json.loads(report.read_text())
+    assert data["exit_code"] == 5 and data["clones"][0]["address"] is None and data["clones"][0]["destroyed"]
+    assert_no_clone_left(testbed, before)
+
+
+def test_a_500_on_clone_is_exit_6_and_leaves_no_clone(testbed, before):
+    with testbed.enter():
+        testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/clone", status=500, message="injected: storage offline",
+                               nth=2)
+    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic")
+    assert result.returncode == ExitCode.INFRA, result.stderr
+    assert re.search(r"nixgold: cloning 9004 to \d+ failed: POST /nodes/pve/qemu/9004/clone failed: 500 "
+                     r"injected: storage offline", result.stderr)
+    assert "destroying 2 clones" in result.stderr  # the first clone was made: it is destroyed
+    assert_no_clone_left(testbed, before)
+
+
+def test_a_clone_lock_timeout_is_reported_clearly(testbed, before):
+    with testbed.enter():
+        testbed.sim_admin.clone_lock_timeout(times=0)
+    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic", "--clones", "1")
+    assert result.returncode == ExitCode.INFRA, result.stderr
+    assert "hit a lock timeout" in result.stderr
+    assert re.search(r"cloning 9004 to \d+ failed 3 times on a lock timeout: clone failed: can't lock file "
+                     r"'/var/lock/qemu-server/lock-\d+\.conf' - got timeout", result.stderr)
+    assert "retry later or clone fewer at once" in result.stderr
+    assert_no_clone_left(testbed, before)
+
+
+def test_an_unknown_vmid_is_a_flag_error(testbed):
+    result = verify(testbed, "--vmid", "424242")
+    assert result.returncode == ExitCode.CONFIG and "no VM 424242 in the cluster" in result.stderr
