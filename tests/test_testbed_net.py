@@ -1,4 +1,4 @@
-"""The test bed's namespaced guest network (tests/testbed/net.py).  Needs root."""
+"""The test bed's namespaced guest network (tests/testbed/net.py).  Needs root (CI is)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.testbed.net import TestbedNetwork, TestbedNetworkError
-
-pytestmark = pytest.mark.vm
 
 # Distinct from the 10.99.0.0/24 default so a hand-started nixgold-testbed
 # network and this test can coexist (they are in different namespaces anyway).

@@ -291,6 +291,7 @@ class TestbedNetwork:
         whatever survives.  Calling ``down`` on a network that is not up is fine.
         """
         dnsmasq_pid = self.dnsmasq_pid()
+        taps_before = set(self._taps) | set(self.taps())
         self._stop_dnsmasq()
         ino = self._netns_inode()
         stragglers = self.ns_pids()
@@ -310,9 +311,7 @@ class TestbedNetwork:
         if dnsmasq_pid is not None and _pid_alive(dnsmasq_pid):
             problems.append(f"dnsmasq pid {dnsmasq_pid} still running")
         if ino is not None:
-            left = [
-                p for p in _pids_in_net_inode(ino) if p != os.getpid()
-            ]
+            left = [p for p in _pids_in_net_inode(ino) if p != os.getpid()]
             if left:
                 problems.append(
                     "processes still in the (deleted) namespace: "
@@ -320,7 +319,8 @@ class TestbedNetwork:
                 )
             if _thread_in_net_inode(os.getpid(), ino):
                 problems.append("a thread of this process is still inside the namespace (unbalanced enter())")
-        root_taps = [t for t in _root_ns_links() if t == self.bridge or t in self._taps]
+        # Taps live and die with the namespace; one in the host namespace would be a leak.
+        root_taps = [t for t in _root_ns_links() if t in taps_before]
         if root_taps:
             problems.append(f"interfaces leaked into the host namespace: {root_taps}")
         if problems:
@@ -354,7 +354,8 @@ class TestbedNetwork:
 
         Sockets created (and subprocesses started) by this thread while inside
         belong to the namespace; an open socket keeps its namespace after exit.
-        Other threads are unaffected.
+        Other threads are unaffected, but threads *started* inside inherit the
+        namespace and keep it (``down()`` reports such threads of this process).
         """
         if not self.exists():
             raise TestbedNetworkError(f"netns {self.netns} does not exist; call up() first")

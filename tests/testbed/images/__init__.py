@@ -24,6 +24,7 @@ _EXPORTS = {
     "Variant": "build",
     "build_image": "build",
     "load_image": "build",
+    "prune_cache": "build",
     "recipe_hash": "build",
     "ImageBuildError": "base",
     "debian_mirror": "base",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Variant,
         build_image,
         load_image,
+        prune_cache,
         recipe_hash,
     )
 

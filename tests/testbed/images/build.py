@@ -46,6 +46,7 @@ __all__ = [
     "build_image",
     "default_cache_dir",
     "load_image",
+    "prune_cache",
     "recipe_hash",
 ]
 
@@ -231,6 +232,27 @@ def build_image(
     return _info(final, built=True, seconds=time.monotonic() - t0)
 
 
+def prune_cache(cache_dir: Path | str | None = None, log: Log | None = print) -> list[Path]:
+    """Delete cached images and base trees that the current recipes no longer
+    produce, and stale temporary build directories.  Returns what was removed."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    if not cache.is_dir():
+        return []
+    keep = {f"{name}-{recipe_hash(name)}" for name in VARIANTS} | {f"base-{base.base_hash()}"}
+    removed = []
+    for entry in sorted(cache.iterdir()):
+        if entry.name in keep or entry.name == ".locks" or not entry.is_dir():
+            continue
+        stale_tmp = entry.name.startswith(".tmp-") and time.time() - entry.stat().st_mtime > 3600
+        ours = entry.name.startswith("base-") or any(entry.name.startswith(f"{n}-") for n in VARIANTS)
+        if stale_tmp or (ours and not entry.name.startswith(".")):
+            base.safe_rmtree(entry)
+            removed.append(entry)
+            if log:
+                log(f"pruned {entry}")
+    return removed
+
+
 # -------------------------------------------------------------------- build
 def _build(v: Variant, rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
     def stage(msg: str) -> None:
@@ -324,6 +346,45 @@ def _symlink(root: Path, rel: str, target: str) -> None:
     p.symlink_to(target)
 
 
+# Debian's module lists minus what a Proxmox clone on an offline test network
+# cannot use (apt, snap, landscape, puppet, ...).  Notably no
+# package-update-upgrade-install: Proxmox's default user-data says
+# `package_upgrade: true`, which would fail without a network and turn
+# cloud-init's status into error.  Fewer modules also means fewer imports.
+CLOUD_MODULES = """\
+cloud_init_modules:
+  - migrator
+  - seed_random
+  - bootcmd
+  - write-files
+  - growpart
+  - resizefs
+  - disk_setup
+  - mounts
+  - set_hostname
+  - update_hostname
+  - update_etc_hosts
+  - users-groups
+  - ssh
+cloud_config_modules:
+  - locale
+  - set-passwords
+  - timezone
+  - runcmd
+cloud_final_modules:
+  - write-files-deferred
+  - scripts-vendor
+  - scripts-per-once
+  - scripts-per-boot
+  - scripts-per-instance
+  - scripts-user
+  - ssh-authkey-fingerprints
+  - keys-to-console
+  - phone-home
+  - final-message
+  - power-state-change
+"""
+
 QGA_UNIT = """\
 # nixgold test bed: Debian's unit plus an [Install] section, so that the agent
 # has a real enabled/disabled state ("static" in Debian).  Enabled = wanted by
@@ -404,11 +465,9 @@ def configure_tree(root: Path, v: Variant) -> None:
         "system_info:\n"
         "  network:\n"
         "    renderers: ['networkd']\n"
-        "# bookworm's sshd does not use DSA keys; no need to make one.\n"
-        "ssh_genkeytypes: [rsa, ecdsa, ed25519]\n"
-        "# no GRUB in this image (direct kernel boot): skip the debconf round trip.\n"
-        "grub_dpkg:\n"
-        "  enabled: false\n",
+        "# RSA key generation alone costs 2-7 s under TCG; sshd uses these two.\n"
+        "ssh_genkeytypes: [ecdsa, ed25519]\n"
+        + CLOUD_MODULES,
     )
     chroot(root, "systemctl", "enable", "systemd-networkd.service", "systemd-networkd-wait-online.service")
     # Only wait for one link (eth0), and not forever.
@@ -423,15 +482,23 @@ def configure_tree(root: Path, v: Variant) -> None:
     _write(
         root,
         "etc/ssh/sshd_config.d/50-nixgold-testbed.conf",
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        "HostKey /etc/ssh/ssh_host_ed25519_key\nHostKey /etc/ssh/ssh_host_ecdsa_key\n",
     )
     # cloud-init's ssh module regenerates the host keys on first boot (before
     # ssh.service); should cloud-init not get that far, still start sshd.
     _write(
         root,
         "etc/systemd/system/ssh.service.d/nixgold-hostkeys.conf",
-        "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n",
+        "[Service]\nExecStartPre=\n"
+        "ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do f=/etc/ssh/ssh_host_$${t}_key; "
+        "[ -e $$f ] || ssh-keygen -q -t $$t -N \"\" -f $$f; done'\n"
+        "ExecStartPre=/usr/sbin/sshd -t\n",
     )
+    # No package sources: there is no network, and apt must not try one.
+    _write(root, "etc/apt/sources.list", "# nixgold test bed: no network, no package sources\n")
+    for f in (root / "etc/apt/sources.list.d").glob("*"):
+        f.unlink()
 
     # qemu-guest-agent: give it an enabled/disabled state.
     _write(root, "etc/systemd/system/qemu-guest-agent.service", QGA_UNIT)
@@ -542,7 +609,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("--json", action="store_true", help="print ImageInfo records as JSON")
+    parser.add_argument("--prune", action="store_true", help="delete cached images of older recipes")
     args = parser.parse_args(argv)
+    if args.prune:
+        prune_cache(args.cache_dir)
+        if not (args.variant or args.all):
+            return 0
     names = list(VARIANTS) if args.all else (args.variant or ["good"])
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
     infos = []
