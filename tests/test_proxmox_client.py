@@ -164,6 +164,22 @@ def test_python_true_is_rejected_by_the_schema_and_the_client_sends_1_0():
         schema_validate(method, path, data)
 
 
+def test_the_simulator_rejects_true_and_accepts_what_the_client_sends(testbed, client):
+    job = client.run_clone(CloneJob("pve", TEMPLATE, "bools", full=False), timeout=60)
+    raw = testbed.proxmoxer()  # plain proxmoxer passes Python's True through as the string "True"
+    from proxmoxer import ResourceException
+
+    with pytest.raises(ResourceException) as info:
+        raw.nodes("pve").qemu(job.vmid).delete(purge=True)
+    assert info.value.status_code == 400
+    assert info.value.errors == {"purge": "type check ('boolean') failed - got 'True'"}
+    client.set_config("pve", job.vmid, ciupgrade=False, sshkeys=[public_key("a b+c=d")])
+    config = client.vm_config("pve", job.vmid)
+    assert config["ciupgrade"] == 0 and urllib.parse.unquote(config["sshkeys"]).endswith(" a b+c=d\n")
+    client.wait_task(client.destroy("pve", job.vmid), 60)  # purge=1, destroy-unreferenced-disks=1
+    assert client.find_vm(job.vmid) is None
+
+
 def test_encode_params_keeps_lists_and_converts_nested_booleans():
     assert encode_params({"a": True, "b": None, "c": [True, "x"], "d": 0}) == {"a": 1, "c": [1, "x"], "d": 0}
 
