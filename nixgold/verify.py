@@ -396,11 +396,10 @@ class Verifier:
         first_stage = len(self.progress.timings)
         report = VerifyReport(template={}, profile=self.config.verify.profile,
                               clone_mode=self.config.verify.clone_mode, started_at=_now_iso())
-        results: list[Any] = []
         error: BaseException | None = None
         with self.signals.installed():
             try:
-                results = self._run(report)
+                self._run(report)
             except KeyboardInterrupt as exc:
                 error = exc
             except _Cancelled:
@@ -413,46 +412,21 @@ class Verifier:
                 cleanup_errors = self._cleanup()
             if self.signals.received and error is None:
                 error = KeyboardInterrupt(self.signals.received)
-        report.results = results
-        report.clones = [CloneInfo(vmid=c.vmid, name=c.name, node=c.node, address=c.address, mode=c.job.mode if c.job.done else None,
-                                   kept=c.kept, destroyed=c.destroyed, timings=dict(c.timings))
+        report.clones = [CloneInfo(vmid=c.vmid, name=c.name, node=c.node, address=c.address,
+                                   mode=c.job.mode if c.job.done else None, kept=c.kept, destroyed=c.destroyed,
+                                   timings=dict(c.timings))
                          for c in self.clones if c.job.requested]
         report.stages = [StageInfo(s.name, s.seconds, s.ok) for s in self.progress.timings[first_stage:]]
         report.wall_seconds = time.monotonic() - started
-        if any(c.kept for c in self.clones) and self.key is not None:
+        kept = [c for c in self.clones if c.kept]
+        if kept and self.key is not None:
             report.ssh_key_file = str(self.key.private_key_file)
             report.ssh_commands = [
-                f"ssh -i {self.key.private_key_file} {self.config.verify.ciuser}@{c.address}"
-                if c.address else f"# {c.vmid} ({c.name}): no address (the guest agent never reported one)"
-                for c in self.clones if c.kept]
+                f"ssh -i {self.key.private_key_file} {self.config.verify.ciuser}@{c.address}" if c.address
+                else f"# {c.vmid} ({c.name}): no address (the guest agent never reported one)" for c in kept]
+        exc_out = self._verdict(report, error, cleanup_errors)
 
-        failed = [r for r in results if r.outcome in ("failed", "error")]
-        exc_out: BaseException | None = None
-        if isinstance(error, KeyboardInterrupt) or isinstance(error, Interrupted):
-            report.outcome, report.exit_code = "interrupted", int(ExitCode.INTERRUPTED)
-            left = [str(c.vmid) for c in self.clones if c.job.requested and not c.destroyed and not c.kept]
-            kept = [str(c.vmid) for c in self.clones if c.kept]
-            report.error = (f"interrupted by {self.signals.received or 'SIGINT'}; "
-                            + (f"clones NOT destroyed: {', '.join(left)}" if left else
-                               f"clones kept (--keep): {', '.join(kept)}" if kept else "every clone was destroyed"))
-            exc_out = Interrupted(report.error)
-        elif error is not None or cleanup_errors:
-            message = str(error) if error is not None else ""
-            if cleanup_errors:
-                message = (message + "\n" if message else "") + "\n".join(cleanup_errors)
-            report.outcome = "error"
-            report.exit_code = int(getattr(error, "exit_code", ExitCode.INFRA)) if error is not None \
-                else int(ExitCode.INFRA)
-            report.error = self.redact(message)
-            exc_out = error if error is not None and not cleanup_errors else ProxmoxError(report.error)
-        elif failed:
-            report.outcome, report.exit_code = "failed", int(ExitCode.VERIFY)
-            names = ", ".join(f"{r.id} on {r.target}" for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
-            exc_out = ChecksFailed(f"{len(failed)} of {len(results)} checks failed: {names}", report)
-        else:
-            report.outcome, report.exit_code = "passed", int(ExitCode.OK)
-
-        if results:
+        if report.results:
             print(format_table(report, self.redact), file=self.out, flush=True)
         keep_text = format_keep(report)
         if keep_text:
@@ -460,28 +434,59 @@ class Verifier:
         for path in write_reports(report, junit=self.options.junit, json_path=self.options.json_path,
                                   redact=self.redact):
             self.say(f"wrote {path}")
-        if self.key is not None and not any(c.kept for c in self.clones):
+        if self.key is not None and not kept:
             self.key.remove()
         if exc_out is not None:
             exc_out.report = report  # type: ignore[attr-defined]
             raise exc_out
         return report
 
-    def _run(self, report: VerifyReport) -> list[Any]:
+    def _verdict(self, report: VerifyReport, error: BaseException | None,
+                 cleanup_errors: list[str]) -> BaseException | None:
+        """Set outcome and exit code; the exception to raise (None: all passed).
+
+        Precedence: interrupted (130) > infrastructure, including a clone that could not be
+        destroyed (6) > a failed check (5) > passed (0).
+        """
+        if isinstance(error, (KeyboardInterrupt, Interrupted)):
+            report.outcome, report.exit_code = "interrupted", int(ExitCode.INTERRUPTED)
+            left = [str(c.vmid) for c in self.clones if c.job.requested and not c.destroyed and not c.kept]
+            kept = [str(c.vmid) for c in self.clones if c.kept]
+            report.error = (f"interrupted by {self.signals.received or 'SIGINT'}; "
+                            + (f"clones NOT destroyed: {', '.join(left)}" if left else
+                               f"clones kept (--keep): {', '.join(kept)}" if kept else "every clone was destroyed"))
+            return Interrupted(report.error)
+        if error is not None or cleanup_errors:
+            message = "\n".join(([str(error)] if error is not None else []) + cleanup_errors)
+            report.outcome = "error"
+            report.exit_code = int(getattr(error, "exit_code", ExitCode.INFRA)) if not cleanup_errors \
+                else int(ExitCode.INFRA)
+            report.error = self.redact(message)
+            return error if error is not None and not cleanup_errors else ProxmoxError(report.error)
+        failed = report.failed
+        if failed:
+            report.outcome, report.exit_code = "failed", int(ExitCode.VERIFY)
+            names = ", ".join(f"{r.id} on {r.target}" for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
+            return ChecksFailed(f"{len(failed)} of {len(report.results)} checks failed: {names}", report)
+        report.outcome, report.exit_code = "passed", int(ExitCode.OK)
+        return None
+
+    def _run(self, report: VerifyReport) -> None:
+        """The stages; results go into ``report.results`` as they come (kept when a later stage fails)."""
         from nixgold.checks import BLOCKING_TEMPLATE_CHECKS, template_checks
 
-        opts = self.options
+        opts, results = self.options, report.results
         with self.progress.stage("finding the template"):
             template = resolve_template(self.client, vmid=opts.vmid, name=opts.name, tag=opts.tag,
                                         default_vmid=self.config.template.vmid, say=self.say)
             self.template = template
             report.template = template.as_dict()
         with self.progress.stage(f"checking the Proxmox config of template {template.vmid} ({template.name})"):
-            results = list(template_checks(template.config, template.description))
+            results.extend(template_checks(template.config, template.description))
         blocking = [r for r in results if r.id in BLOCKING_TEMPLATE_CHECKS and r.outcome in ("failed", "error")]
         if blocking:
             self.say("not cloning: " + "; ".join(f"{r.id}: {r.reason}" for r in blocking))
-            return results
+            return
 
         count = self.config.verify.clones
         self.key = sshkeys.generate(f"nixgold-verify-{self.run_id}")
@@ -507,9 +512,8 @@ class Verifier:
             bad = [c for c in self.clones if not c.booted]
             self.say(f"not running the check suite: {len(bad)} of {count} clones did not come up "
                      f"({', '.join(str(c.vmid) for c in bad)})")
-            return results
+            return
         results.extend(self._checks())
-        return results
 
     # -- clone ------------------------------------------------------------------------------------
     def _clone(self, c: CloneRun) -> None:

@@ -218,6 +218,7 @@ def test_a_500_on_clone_is_an_infrastructure_error_and_leaves_nothing(testbed, v
     assert clones_left(testbed) == []
     data = json.loads((tmp_path / "verify.json").read_text())
     assert data["outcome"] == "error" and data["exit_code"] == 6 and "injected: storage offline" in data["error"]
+    assert [r["id"] for r in data["results"]] == ["template.is-template"]  # what ran before the failure stays
 
 
 def test_the_ephemeral_key_is_removed_and_never_reported(testbed, verify_env, tmp_path, monkeypatch):
