@@ -104,7 +104,9 @@ def test_400_body_shape(testbed):
 
 def test_nextid(api):
     prox, _ = api
-    nextid = int(prox.cluster.nextid.get())
+    raw = prox.cluster.nextid.get()
+    assert isinstance(raw, str)  # PVE returns a JSON string here; Packer's Go client relies on it
+    nextid = int(raw)
     assert nextid >= 100
     err = raises(lambda: prox.cluster.nextid.get(vmid=TEMPLATE), 400)
     assert err.errors == {"vmid": f"VM {TEMPLATE} already exists"}

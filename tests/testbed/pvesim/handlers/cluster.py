@@ -68,16 +68,17 @@ def cluster_status(ctx: Ctx, p: dict[str, Any]) -> Any:
 
 @route("GET", "/cluster/nextid")
 def nextid(ctx: Ctx, p: dict[str, Any]) -> Any:
+    """A JSON *string* like PVE's (Telmate/proxmox-api-go, i.e. Packer, asserts ``.(string)``)."""
     used = set(ctx.node.vmids())
     if p.get("vmid") is not None:
         vmid = int(p["vmid"])
         if vmid in used:
             raise param_error({"vmid": f"VM {vmid} already exists"})
-        return vmid
+        return str(vmid)
     cfg = ctx.node.cfg
     for vmid in range(cfg.nextid_lower, cfg.nextid_upper):
         if vmid not in used:
-            return vmid
+            return str(vmid)
     raise die(f"unable to get any free VMID in range [{cfg.nextid_lower}, {cfg.nextid_upper}]")
 
 
