@@ -1,0 +1,176 @@
+"""nixgold.checks.run_checks and the pytest plugin without guests: the suite runs in-process
+against this machine (testinfra's local backend in place of SSH), plus check modules written
+here to pin down ids, targets, outcomes and one-line reasons. Standalone use (`pytest --hosts=...
+nixgold/checks/`) is run as a subprocess."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from nixgold.checks import CHECKS_DIR, CheckContext, CheckResult, CloneTarget, run_checks
+from nixgold.checks.plugin import NixgoldMode, describe, public_key_of
+
+REPO = Path(__file__).resolve().parents[1]
+
+OUR_CHECKS = {
+    "cloud-init.done", "hostname.clone-name", "user.exists", "user.injected-key", "user.sudo", "sshd.service",
+    "sshd.password-auth-off", "sshd.root-login", "agent.service", "agent.virtio-port", "agent.ping",
+    "agent.host-name", "disk.size", "disk.root-grown", "console.serial", "hygiene.machine-id", "hygiene.host-keys",
+    "hygiene.build-key", "hygiene.root-password", "nixos.marker", "nixos.release", "nixos.configuration", "nixos.nix",
+}
+CROSS_CLONE = {"hygiene.machine-id", "hygiene.host-keys"}
+
+EXTRA = '''
+import pytest
+
+@pytest.mark.check("custom.ok", "always fine")
+def test_ok(host):
+    assert host.run("true").rc == 0
+
+def test_multi_line_message(host, clone):
+    """custom summary from the docstring"""
+    assert 1 == 2, "one is not two\\nsecond line of detail"
+
+def test_bare_assert(host):
+    values = [1]
+    assert values == [2]
+
+def test_exception_is_an_error(host):
+    raise ValueError("broken\\ncheck")
+
+def test_skipped(host):
+    pytest.skip("not today")
+
+@pytest.fixture
+def broken_fixture():
+    raise RuntimeError("fixture exploded")
+
+def test_setup_error(host, broken_fixture):
+    pass
+
+@pytest.mark.check("custom.cross", "sees all clones once")
+def test_cross(clones, ctx):
+    assert [c.name for c in clones] == [c.name for c in ctx.clones]
+    print("noise on stdout")
+'''
+
+
+@pytest.fixture
+def local_hosts(monkeypatch):
+    """Every clone is this machine (testinfra local backend)."""
+    monkeypatch.setattr(NixgoldMode, "host_for", lambda self, clone: testinfra.get_host("local://"))
+
+
+def ctx_for(*names: str, **changes) -> CheckContext:
+    clones = tuple(CloneTarget(vmid=100 + i, name=n, node="pve", address="127.0.0.1", ssh_user="root",
+                               ssh_key_file=Path("/nonexistent"), disk_bytes=0) for i, n in enumerate(names))
+    base = dict(profile="generic", nixos_release="26.05", permit_root_login="prohibit-password", ciuser="root",
+                injected_public_key="", allowed_keys=(), clones=clones, agent=lambda vmid, cmd: {"id": "debian"})
+    base.update(changes)
+    return CheckContext(**base)
+
+
+def by_key(results: list[CheckResult]) -> dict[tuple[str, str], CheckResult]:
+    return {(r.id, r.target): r for r in results}
+
+
+def test_ids_targets_outcomes_and_one_line_reasons(local_hosts, tmp_path, capfd):
+    (tmp_path / "test_custom.py").write_text(EXTRA)
+    results = run_checks(ctx_for("clone-a", "clone-b"), [tmp_path])
+    table = by_key(results)
+    assert len(table) == len(results)
+    assert capfd.readouterr() == ("", "")  # nothing printed, not even the extension's print()
+    ids = {r.id for r in results}
+    assert OUR_CHECKS <= ids
+    for cid in OUR_CHECKS - CROSS_CLONE:
+        assert {(cid, "clone-a"), (cid, "clone-b")} <= set(table), cid
+    for cid in CROSS_CLONE | {"custom.cross"}:
+        assert (cid, "clones") in table and (cid, "clone-a") not in table
+    for r in results:
+        assert r.outcome in ("passed", "failed", "error", "skipped") and r.summary, r
+        assert "\n" not in r.reason and (r.reason == "") == (r.outcome == "passed"), r
+    assert table["custom.ok", "clone-a"].outcome == "passed"
+    assert table["custom.cross", "clones"].outcome == "passed"
+    multi = table["custom.multi-line-message", "clone-b"]
+    assert (multi.outcome, multi.reason, multi.summary) == ("failed", "one is not two",
+                                                             "custom summary from the docstring")
+    assert table["custom.bare-assert", "clone-a"].reason == "assert [1] == [2]"
+    err = table["custom.exception-is-an-error", "clone-a"]
+    assert (err.outcome, err.reason) == ("error", "ValueError: broken")
+    assert table["custom.skipped", "clone-a"].outcome == "skipped"
+    assert table["custom.skipped", "clone-a"].reason == "not today"
+    setup = table["custom.setup-error", "clone-a"]
+    assert (setup.outcome, setup.reason) == ("error", "RuntimeError: fixture exploded")
+    # the generic profile skips exactly the NixOS checks, with the reason
+    nixos = [r for r in results if r.id.startswith("nixos.")]
+    assert len(nixos) == 8 and all(r.outcome == "skipped" and r.reason == "profile generic" for r in nixos)
+    assert "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ
+
+
+def test_a_broken_extension_module_is_one_error_and_the_rest_still_runs(local_hosts, tmp_path):
+    (tmp_path / "test_broken.py").write_text("import no_such_module_here\n")
+    (tmp_path / "test_fine.py").write_text("def test_fine(host):\n    assert True\n")
+    table = by_key(run_checks(ctx_for("c1"), [tmp_path, CHECKS_DIR]))  # ours listed twice: run once
+    broken = table["checks.collect", "test_broken.py"]
+    assert broken.outcome == "error" and broken.reason == "ModuleNotFoundError: No module named 'no_such_module_here'"
+    assert table["fine.fine", "c1"].outcome == "passed"
+    assert sum(1 for (cid, _) in table if cid == "console.serial") == 1
+
+
+def test_checks_that_need_proxmox_fail_when_the_agent_does_not_answer(local_hosts):
+    from nixgold.errors import ProxmoxError
+
+    def agent(vmid, command):
+        raise ProxmoxError(f"500 QEMU guest agent is not running (vm {vmid})", 500)
+
+    table = by_key(run_checks(ctx_for("c1", agent=agent), []))
+    assert table["agent.ping", "c1"].outcome == "failed"
+    assert table["agent.ping", "c1"].reason == "agent ping failed: 500 QEMU guest agent is not running (vm 100)"
+
+
+def test_describe_keeps_reasons_to_one_line():
+    assert describe(AssertionError("first\nassert x == y\n +  where")) == "first"
+    assert describe(RuntimeError("a\nb")) == "RuntimeError: a"
+    assert describe(KeyError()) == "KeyError"
+    assert len(describe(AssertionError("x" * 1000))) == 300
+
+
+def test_public_key_of_an_identity_file(tmp_path):
+    from nixgold import sshkeys
+
+    key = sshkeys.generate("c", tmp_path)
+    assert public_key_of(str(key.private_key_file)) == " ".join(key.public_key.split()[:2])
+    (key.directory / "id_ed25519.pub").unlink()
+    assert public_key_of(str(key.private_key_file)) == " ".join(key.public_key.split()[:2])
+    assert public_key_of(None) == "" and public_key_of(str(tmp_path / "nope")) == ""
+
+
+def test_standalone_pytest_run_skips_what_needs_proxmox(tmp_path):
+    """`pytest --hosts=... nixgold/checks/` without nixgold: context from the command line."""
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--hosts=local://", str(CHECKS_DIR), "-p", "no:cacheprovider",
+                           "--nixgold-profile", "generic", "-rs", "--junitxml", str(junit)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = proc.stdout
+    assert proc.returncode in (0, 1), out + proc.stderr  # this machine is no golden image: some fail
+    skips = re.findall(r"^SKIPPED \[\d+\] \S+: (.*)$", out, re.M)
+    assert skips.count("profile generic") == 4
+    assert "needs the Proxmox API (runs under `invoke verify`)" in skips
+    assert "needs the disk size from Proxmox (runs under `invoke verify`)" in skips
+    assert "needs the clone's name from Proxmox (runs under `invoke verify`)" in skips
+    assert "no injected key known (pass --ssh-identity-file)" in skips
+    xml = junit.read_text()
+    assert 'name="check" value="sshd.password-auth-off"' in xml and 'value="sshd refuses password logins"' in xml
+
+
+def test_readme_lists_every_check():
+    readme = (CHECKS_DIR / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z0-9-]+\.[a-z0-9-]+)` \|", readme, re.M))
+    assert listed >= OUR_CHECKS
