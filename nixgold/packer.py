@@ -1,0 +1,492 @@
+"""Run Packer and understand what it says: version, init, validate, and ``build`` under pexpect.
+
+    packer = PackerRunner("/usr/bin/packer", env=packer_env, redact=redactor, log=log_file)
+    packer.validate(build_dir / "packer")
+    outcome = packer.build(build_dir / "packer", dialect="bundled", on_error="cleanup",
+                           on_stage=lambda old, new: ..., say=progress.line)
+
+Packer runs with ``-machine-readable -color=false``: every line is
+``timestamp,target,type,data...`` with commas inside data written ``%!(PACKER_COMMA)`` and
+newlines ``\\n``. Packer 1.6.6 does **not** redact ``sensitive`` variables in that mode (the human
+UI prints ``<sensitive>``, ``ui,message`` lines carry the raw value; see
+``tests/fixtures/packer-output/``), so every line goes through :class:`Redactor` before it
+reaches the terminal or ``packer.log`` - in its escaped and its decoded form.
+
+Stages come from :data:`STAGE_RULES`: per dialect, a table of (pattern on a ``ui,say`` message
+-> nixgold stage) taken from the ``ui.Say`` strings of the builder's steps (Packer 1.6.6
+``builder/proxmox/common`` + ``iso``, packer-plugin-proxmox v1.2.4 ``builder/proxmox/common``)
+and of the SDK steps both use (``StepHTTPServer``, ``communicator.StepConnect``,
+``StepProvision``). After a ``ui,error`` or an interrupt, ``Stopping VM`` / ``Deleting VM`` are
+Packer's own cleanup (``stepStartVM.Cleanup``), not the conversion.
+
+Packer runs in its own session on a pty (pexpect), so a terminal Ctrl-C reaches nixgold only;
+:meth:`PackerRunner.interrupt` forwards SIGINT to Packer's process group and the build loop waits
+for Packer's own cleanup to finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence, TextIO
+
+from .errors import BuildError, PreflightError
+
+COMMA = "%!(PACKER_COMMA)"
+_PREFIX_RE = re.compile(r"^(?:==> |--> |    )?(?P<target>[\w.-]+): (?P<text>.*)$", re.S)
+
+# --- stages -------------------------------------------------------------------------------------
+STAGE_ISO = "preparing the ISO"
+STAGE_CREATE = "creating the VM"
+STAGE_BOOT_WAIT = "boot wait"
+STAGE_TYPING = "typing the boot command"
+STAGE_INSTALL = "waiting for install/SSH"
+STAGE_PROVISION = "provisioning"
+STAGE_CONVERT = "converting to template"
+STAGE_CLEANUP = "Packer cleanup"
+STAGE_START = "starting Packer"
+#: Stages in the order a successful build passes them.
+STAGE_ORDER = (STAGE_START, STAGE_ISO, STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_INSTALL,
+               STAGE_PROVISION, STAGE_CONVERT)
+
+
+@dataclass(frozen=True)
+class StageRule:
+    pattern: re.Pattern[str]
+    stage: str
+    source: str  # where the string comes from (file of the builder / SDK)
+
+
+def _rule(pattern: str, stage: str, source: str) -> StageRule:
+    return StageRule(re.compile(pattern), stage, source)
+
+
+# Shared by both dialects (packer-plugin-sdk / Packer 1.6.6 common steps).
+_SDK_RULES = (
+    _rule(r"^Retrieving ISO|^Trying \S+|^Downloading ISO", STAGE_ISO, "sdk multistep/commonsteps/step_download.go"),
+    _rule(r"^Starting HTTP server on port", STAGE_CREATE, "sdk multistep/commonsteps/step_http_server.go"),
+    _rule(r"^Using ssh communicator|^Waiting for SSH to become available", STAGE_INSTALL,
+          "sdk communicator/step_connect_ssh.go"),
+    _rule(r"^Connected to SSH!|^Provisioning with |^Uploading .* => ", STAGE_PROVISION,
+          "sdk communicator/step_connect_ssh.go, multistep/commonsteps/step_provision.go"),
+)
+
+#: Packer 1.6.6 (`apt install packer`): builder/proxmox/common/step_*.go and builder/proxmox/iso.
+BUNDLED_RULES: tuple[StageRule, ...] = (
+    _rule(r"^Uploading ISO", STAGE_ISO, "packer 1.6.6 builder/proxmox/iso/step_upload_iso.go"),
+    _rule(r"^Creating VM$|^No VM ID given", STAGE_CREATE, "packer 1.6.6 builder/proxmox/common/step_start_vm.go"),
+    _rule(r"^Starting VM$", STAGE_CREATE, "packer 1.6.6 builder/proxmox/common/step_start_vm.go"),
+    _rule(r"^Waiting \S+ for boot$", STAGE_BOOT_WAIT, "packer 1.6.6 builder/proxmox/common/step_type_boot_command.go"),
+    _rule(r"^Typing the boot command$", STAGE_TYPING, "packer 1.6.6 builder/proxmox/common/step_type_boot_command.go"),
+    *_SDK_RULES,
+    _rule(r"^Stopping VM$", STAGE_CONVERT, "packer 1.6.6 builder/proxmox/common/step_convert_to_template.go"),
+    _rule(r"^Converting VM to template$", STAGE_CONVERT,
+          "packer 1.6.6 builder/proxmox/common/step_convert_to_template.go"),
+    _rule(r"^Adding a cloud-init cdrom", STAGE_CONVERT,
+          "packer 1.6.6 builder/proxmox/common/step_finalize_template_config.go"),
+)
+
+#: packer-plugin-proxmox v1.2.4: builder/proxmox/common/step_*.go.
+PLUGIN_RULES: tuple[StageRule, ...] = (
+    _rule(r"^Uploading ISO|^Downloading ISO|^beginning download", STAGE_ISO,
+          "plugin v1.2.4 step_upload_iso.go / step_download_iso_on_pve.go"),
+    _rule(r"^Force set, checking for existing artifact|^found existing VM template|^No existing artifact found",
+          STAGE_CREATE, "plugin v1.2.4 step_start_vm.go"),
+    _rule(r"^Creating VM$|^No VM ID given|^Generated VM ID was already allocated", STAGE_CREATE,
+          "plugin v1.2.4 step_start_vm.go"),
+    _rule(r"^Starting VM$", STAGE_CREATE, "plugin v1.2.4 step_start_vm.go"),
+    _rule(r"^Waiting \S+ for boot$", STAGE_BOOT_WAIT, "plugin v1.2.4 step_type_boot_command.go"),
+    _rule(r"^Typing the boot command$", STAGE_TYPING, "plugin v1.2.4 step_type_boot_command.go"),
+    *_SDK_RULES,
+    _rule(r"^Stopping VM$", STAGE_CONVERT, "plugin v1.2.4 step_stop_vm.go / step_convert_to_template.go"),
+    _rule(r"^Converting VM to template$", STAGE_CONVERT, "plugin v1.2.4 step_convert_to_template.go"),
+    _rule(r"^Adding a cloud-init cdrom", STAGE_CONVERT, "plugin v1.2.4 step_finalize_template_config.go"),
+)
+
+STAGE_RULES: dict[str, tuple[StageRule, ...]] = {"bundled": BUNDLED_RULES, "plugin": PLUGIN_RULES}
+
+#: What Packer says while cleaning up after an error or interrupt (stepStartVM.Cleanup, SDK).
+_CLEANUP_RE = re.compile(r"^(Stopping VM|Deleting VM)$")
+_INTERRUPT_RE = re.compile(r"^Cancelling build after receiving interrupt|^Interrupt received")
+#: Summary lines that say nothing about the failure.
+_NOISE_RE = re.compile(r"^(?:==> |--> )?(Wait completed after|Builds finished|Some builds didn't complete|Build '.*' (finished|errored)"
+                       r"|Cleanly cancelled builds)")
+
+
+def stage_for(dialect: str, message: str) -> str | None:
+    """The nixgold stage a ``ui,say`` message (without the ``==> target:`` prefix) starts."""
+    for rule in STAGE_RULES[dialect]:
+        if rule.pattern.search(message):
+            return rule.stage
+    return None
+
+
+# --- machine-readable lines -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class MachineLine:
+    """One ``-machine-readable`` line, decoded."""
+
+    timestamp: int | None
+    target: str
+    type: str
+    data: tuple[str, ...]
+
+    @property
+    def is_ui(self) -> bool:
+        return self.type == "ui" and len(self.data) >= 2
+
+    @property
+    def ui_kind(self) -> str | None:
+        return self.data[0] if self.is_ui else None
+
+    @property
+    def ui_text(self) -> str:
+        """The UI message as the human UI would print it (may hold newlines)."""
+        return self.data[1] if self.is_ui else ""
+
+    @property
+    def message(self) -> str:
+        """The UI message without Packer's ``==> build.source: `` / ``    build.source: `` prefix."""
+        text = self.ui_text.lstrip("\n")
+        m = _PREFIX_RE.match(text)
+        return m.group("text") if m else text.strip()
+
+
+def unescape(field_text: str) -> str:
+    return field_text.replace(COMMA, ",").replace("\\n", "\n").replace("\\r", "\r")
+
+
+def parse_line(raw: str) -> MachineLine | None:
+    """Decode one machine-readable line; None for anything else (blank lines, stray output)."""
+    line = raw.rstrip("\r\n")
+    parts = line.split(",")
+    if len(parts) < 3 or not parts[0].isdigit() or not parts[2]:
+        return None
+    return MachineLine(timestamp=int(parts[0]), target=parts[1], type=parts[2],
+                       data=tuple(unescape(p) for p in parts[3:]))
+
+
+# --- redaction --------------------------------------------------------------------------------------
+REDACTED = "***"
+
+
+class Redactor:
+    """Replaces secrets in Packer output, in every spelling Packer may print them."""
+
+    def __init__(self, secrets: Iterable[str] = ()):
+        self._secrets: list[str] = []
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        for secret in secrets:
+            if not secret or len(secret) < 4:
+                continue  # never "redact" every 'a' in the log
+            for form in (secret, secret.replace(",", COMMA), secret.replace("\n", "\\n").replace(",", COMMA)):
+                if form not in self._secrets:
+                    self._secrets.append(form)
+        self._secrets.sort(key=len, reverse=True)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+# --- stage tracking -----------------------------------------------------------------------------------
+@dataclass
+class StageSpan:
+    name: str
+    started: float
+    ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
+
+
+@dataclass
+class StageTracker:
+    """Feeds on machine-readable lines; knows the current stage, where it failed, the tail."""
+
+    dialect: str
+    clock: Callable[[], float] = time.monotonic
+    redact: Callable[[str], str] = lambda text: text
+    spans: list[StageSpan] = field(default_factory=list)
+    failed_stage: str | None = None
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)  # ui,error messages (decoded, redacted)
+    build_errors: list[str] = field(default_factory=list)  # "error" lines: the build's final error
+    artifact: dict[str, str] = field(default_factory=dict)
+    recent: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
+
+    def __post_init__(self) -> None:
+        if self.dialect not in STAGE_RULES:
+            raise ValueError(f"unknown dialect {self.dialect!r}")
+
+    @property
+    def current(self) -> str | None:
+        return self.spans[-1].name if self.spans else None
+
+    def start(self, name: str) -> tuple[StageSpan | None, StageSpan]:
+        now = self.clock()
+        old = self.spans[-1] if self.spans else None
+        if old is not None and old.ended is None:
+            old.ended = now
+        span = StageSpan(name, now)
+        self.spans.append(span)
+        return old, span
+
+    def finish(self) -> None:
+        if self.spans and self.spans[-1].ended is None:
+            self.spans[-1].ended = self.clock()
+
+    def feed(self, line: MachineLine) -> tuple[StageSpan | None, StageSpan] | None:
+        """Take one line; returns (ended span, new span) when a new stage begins."""
+        if line.type == "artifact" and len(line.data) >= 3:
+            self.artifact.setdefault(line.data[1], ",".join(line.data[2:]))
+            return None
+        if line.type == "error" and line.data:
+            self.build_errors.append(self.redact(line.data[0]))
+            return None
+        if not line.is_ui:
+            return None
+        message = line.message
+        for text in line.ui_text.splitlines() or [""]:
+            stripped = _PREFIX_RE.match(text.strip("\n"))
+            shown = (stripped.group("text") if stripped else text).rstrip()
+            if shown and not _NOISE_RE.match(shown):
+                self.recent.append(self.redact(shown))
+        kind = line.ui_kind
+        if kind == "error":
+            if _INTERRUPT_RE.search(message):
+                self.interrupted = True
+                if self.failed_stage is None:
+                    self.failed_stage = self.current
+                return None
+            if not _NOISE_RE.match(message):
+                self.errors.append(self.redact(message))
+                if self.failed_stage is None:
+                    self.failed_stage = self.current
+            return None
+        if kind != "say":
+            return None
+        if _INTERRUPT_RE.search(message):
+            self.interrupted = True
+            if self.failed_stage is None:
+                self.failed_stage = self.current
+            return None
+        if (self.failed_stage is not None or self.interrupted) and _CLEANUP_RE.match(message):
+            if self.current != STAGE_CLEANUP:
+                return self.start(STAGE_CLEANUP)
+            return None
+        stage = stage_for(self.dialect, message)
+        if stage is None or stage == self.current:
+            return None
+        if self.current is not None and self.current in STAGE_ORDER and stage in STAGE_ORDER \
+                and STAGE_ORDER.index(stage) < STAGE_ORDER.index(self.current):
+            return None  # e.g. a provisioner's own "Uploading" line: never go backwards
+        return self.start(stage)
+
+    def tail(self, lines: int = 15) -> list[str]:
+        """The last relevant lines: recent output, ending with the errors Packer reported."""
+        recent = list(self.recent)
+        return recent[-lines:]
+
+    @property
+    def artifact_id(self) -> str | None:
+        return self.artifact.get("id")
+
+
+# --- running Packer ----------------------------------------------------------------------------------
+@dataclass
+class BuildOutcome:
+    exit_status: int | None
+    tracker: StageTracker
+    interrupted_by: str | None = None  # signal name when nixgold forwarded an interrupt
+    killed: bool = False  # Packer did not finish its cleanup in time and was killed
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.interrupted_by and not self.tracker.errors
+
+
+@dataclass
+class CommandResult:
+    argv: list[str]
+    exit_status: int
+    output: str  # redacted
+
+
+class PackerRunner:
+    """Packer as a subprocess: secrets only in ``env``, every output line redacted and logged."""
+
+    def __init__(self, path: str, *, env: Mapping[str, str], redact: Callable[[str], str],
+                 log: TextIO | None = None, cwd: Path | None = None):
+        self.path = path
+        self.env = dict(env)
+        self.redact = redact
+        self.log = log
+        self.cwd = cwd
+        self._child = None  # the running pexpect child during build()
+        self.interrupts: list[str] = []
+
+    # -- plain commands ---------------------------------------------------------------------------
+    def _log(self, text: str) -> None:
+        if self.log is not None:
+            self.log.write(self.redact(text).rstrip("\n") + "\n")
+            self.log.flush()
+
+    def run(self, args: Sequence[str], timeout: float = 300.0) -> CommandResult:
+        argv = [self.path, *args]
+        self._log(f"# {' '.join(argv)}")
+        try:
+            proc = subprocess.run(argv, env=self.env, cwd=self.cwd, capture_output=True, text=True,
+                                  timeout=timeout, errors="replace")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PreflightError(f"`{' '.join(argv)}` did not run: {self.redact(str(exc))}") from exc
+        output = self.redact((proc.stdout or "") + (proc.stderr or ""))
+        self._log(output)
+        self._log(f"# exit status {proc.returncode}")
+        return CommandResult(argv, proc.returncode, output)
+
+    def validate(self, template_dir: Path) -> CommandResult:
+        """`packer validate` (BuildError naming the problem when Packer refuses the template)."""
+        result = self.run(["validate", "-machine-readable", str(template_dir)], timeout=120)
+        if result.exit_status != 0:
+            lines = [p.message for p in map(parse_line, result.output.splitlines()) if p is not None and p.is_ui]
+            text = "\n".join(lines) or result.output
+            raise BuildError(f"packer validate rejected the rendered template:\n{text.strip()}",
+                             stage="validating the template")
+        return result
+
+    def plugins_installed(self) -> str:
+        result = self.run(["plugins", "installed"], timeout=60)
+        return result.output if result.exit_status == 0 else ""
+
+    def init(self, template_dir: Path) -> CommandResult:
+        result = self.run(["init", str(template_dir)], timeout=600)
+        if result.exit_status != 0:
+            raise PreflightError(f"`packer init {template_dir}` failed (exit {result.exit_status}): the proxmox plugin "
+                                 f"is not installed and could not be installed:\n{result.output.strip()[-1500:]}")
+        return result
+
+    # -- the build ------------------------------------------------------------------------------------
+    def interrupt(self, signame: str = "SIGINT") -> bool:
+        """Forward an interrupt to Packer (its process group). False when Packer is not running."""
+        child = self._child
+        self.interrupts.append(signame)
+        if child is None or not child.isalive():
+            return False
+        try:
+            os.killpg(child.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        child = self._child
+        if child is not None and child.isalive():
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child is not None else None
+
+    def build(self, template_dir: Path, *, dialect: str, on_error: str = "cleanup",
+              on_stage: Callable[[StageSpan | None, StageSpan], None] | None = None,
+              on_error_line: Callable[[str], None] | None = None,
+              on_tick: Callable[[StageTracker], None] | None = None,
+              cleanup_timeout: float = 900.0, clock: Callable[[], float] = time.monotonic) -> BuildOutcome:
+        """`packer build` under pexpect; returns when Packer exits (after its cleanup, if interrupted)."""
+        import pexpect
+
+        if on_error not in ("cleanup", "abort"):
+            raise ValueError(f"on_error must be cleanup or abort, got {on_error!r}")
+        args = ["build", "-machine-readable", "-color=false", f"-on-error={on_error}", str(template_dir)]
+        self._log(f"# {self.path} {' '.join(args)}")
+        tracker = StageTracker(dialect, clock=clock, redact=self.redact)
+        started = clock()
+        first = tracker.start(STAGE_START)
+        if on_stage:
+            on_stage(*first)
+        self._child = child = pexpect.spawn(self.path, args, env=self.env, cwd=str(self.cwd) if self.cwd else None,
+                                            encoding="utf-8", codec_errors="replace", timeout=None, echo=False,
+                                            dimensions=(50, 1000))
+        interrupted_at: float | None = None
+        killed = False
+        try:
+            while True:
+                index = child.expect(["\r?\n", pexpect.EOF, pexpect.TIMEOUT], timeout=1.0)
+                if index == 0:
+                    self._line(child.before, tracker, on_stage, on_error_line)
+                    continue
+                if index == 1:
+                    if child.before:
+                        self._line(child.before, tracker, on_stage, on_error_line)
+                    break
+                if self.interrupts and interrupted_at is None:
+                    interrupted_at = clock()
+                if interrupted_at is not None and clock() - interrupted_at > cleanup_timeout:
+                    self._log(f"# nixgold: Packer did not finish its cleanup within {cleanup_timeout:.0f}s; killing it")
+                    self.kill()
+                    killed = True
+                if on_tick:
+                    on_tick(tracker)
+        except BaseException:
+            # A bug in a callback or an unexpected exception: never leave Packer running alone.
+            if child.isalive():
+                self.interrupt("nixgold-error")
+                try:
+                    child.expect(pexpect.EOF, timeout=cleanup_timeout)
+                except (pexpect.TIMEOUT, pexpect.EOF):
+                    pass
+            child.close(force=True)
+            self._child = None
+            raise
+        try:
+            child.wait()
+        except pexpect.ExceptionPexpect:
+            pass  # already reaped
+        child.close()
+        self._child = None
+        tracker.finish()
+        status = child.exitstatus if child.exitstatus is not None else (128 + (child.signalstatus or 0))
+        self._log(f"# exit status {status}")
+        return BuildOutcome(exit_status=status, tracker=tracker,
+                            interrupted_by=self.interrupts[0] if self.interrupts else None,
+                            killed=killed, seconds=clock() - started)
+
+    def _line(self, raw: str, tracker: StageTracker, on_stage: Callable[..., None] | None,
+              on_error_line: Callable[[str], None] | None) -> None:
+        raw = raw.rstrip("\r")
+        if not raw:
+            return
+        self._log(raw)
+        parsed = parse_line(raw)
+        if parsed is None:
+            return
+        change = tracker.feed(parsed)
+        if change is not None and on_stage:
+            on_stage(*change)
+        if parsed.ui_kind == "error" and on_error_line:
+            on_error_line(self.redact(parsed.message))
+
+
+def find_packer(binary: str) -> str | None:
+    return shutil.which(binary)
