@@ -21,7 +21,7 @@ packages=(python3 python3-venv python3-pip git ca-certificates openssh-client
 if $dev; then
   packages+=(
     nix-bin shellcheck                       # parse/eval generated Nix, lint generated shell
-    qemu-system-x86 qemu-utils               # the test bed's real guests (TCG)
+    qemu-system-x86 qemu-utils ovmf          # the test bed's real guests (TCG; OVMF for UEFI)
     debootstrap cloud-image-utils            # stand-in Debian cloud image
     genisoimage xorriso squashfs-tools mtools grub-pc-bin grub-common isolinux syslinux-common  # stand-in ISO, cloud-init drives
     dnsmasq-base iproute2 socat e2fsprogs    # namespaced network, DHCP, sockets
