@@ -202,7 +202,7 @@ class ProxmoxClient:
         parts = urllib.parse.urlsplit(creds.url)
         self.host = parts.hostname or ""
         self.port = parts.port or 8006
-        self.url = f"https://{self.host}:{self.port}/api2/json"
+        self.url = f"https://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}/api2/json"
         if insecure:
             log.warning("TLS certificate verification is OFF for %s (--insecure): anyone on the path "
                         "can read the API token", self.url)
