@@ -267,7 +267,9 @@ class StageTracker:
             stripped = _PREFIX_RE.match(text.strip("\n"))
             shown = (stripped.group("text") if stripped else text).rstrip()
             if shown and not _NOISE_RE.match(shown):
-                self.recent.append(self.redact(shown))
+                shown = self.redact(shown)
+                if not self.recent or self.recent[-1] != shown:
+                    self.recent.append(shown)
         kind = line.ui_kind
         if kind == "error":
             if _INTERRUPT_RE.search(message):
@@ -342,6 +344,7 @@ class PackerRunner:
         self.cwd = cwd
         self._child = None  # the running pexpect child during build()
         self.interrupts: list[str] = []
+        self._shown_errors: set[str] = set()
 
     # -- plain commands ---------------------------------------------------------------------------
     def _log(self, text: str) -> None:
@@ -485,7 +488,10 @@ class PackerRunner:
         if change is not None and on_stage:
             on_stage(*change)
         if parsed.ui_kind == "error" and on_error_line:
-            on_error_line(self.redact(parsed.message))
+            message = parsed.message.strip()
+            if message and not _NOISE_RE.match(message) and message not in self._shown_errors:
+                self._shown_errors.add(message)
+                on_error_line(self.redact(message))
 
 
 def find_packer(binary: str) -> str | None:

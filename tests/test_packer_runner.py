@@ -1,0 +1,227 @@
+"""nixgold.packer against REAL Packer output (tests/fixtures/packer-output/, see its README) and the
+real Debian Packer 1.6.6 running the null builder: parsing, stages, tail, artifact, redaction,
+SIGINT forwarding, and that secrets never reach argv."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nixgold import packer as pk
+from nixgold.errors import BuildError
+from nixgold.packer import (STAGE_BOOT_WAIT, STAGE_CLEANUP, STAGE_CONVERT, STAGE_CREATE, STAGE_INSTALL, STAGE_ORDER,
+                            STAGE_PROVISION, STAGE_TYPING, PackerRunner, Redactor, StageTracker, parse_line, stage_for)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "packer-output"
+SECRET = "Pw-d0nt-l3ak,with:comma"  # capture.SECRET
+PACKER = shutil.which("packer")
+needs_packer = pytest.mark.skipif(PACKER is None, reason="packer is not installed (scripts/setup.sh installs it)")
+
+
+def feed(name: str, dialect: str = "bundled") -> StageTracker:
+    tracker = StageTracker(dialect)
+    for raw in (FIXTURES / name).read_text().splitlines():
+        line = parse_line(raw)
+        if line is not None:
+            tracker.feed(line)
+    tracker.finish()
+    return tracker
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+def test_machine_readable_lines_decode_commas_and_newlines():
+    raw = (FIXTURES / "build-success.machine.txt").read_text().splitlines()
+    lines = [parse_line(r) for r in raw]
+    assert lines[-1] is None  # "# exit status" trailer is not a Packer line
+    say = lines[0]
+    assert say.type == "ui" and say.ui_kind == "say" and say.message.startswith("Running local shell script: ")
+    comma = next(x for x in lines if x and x.is_ui and "step one" in x.ui_text)
+    assert comma.message == "provisioning, step one" and comma.ui_kind == "message"
+    wait = next(x for x in lines if x and x.is_ui and "Wait completed" in x.ui_text)
+    assert wait.ui_text.startswith("\n==> Wait completed")
+    assert parse_line("") is None and parse_line("garbage without commas") is None
+
+
+def test_packer_166_does_not_redact_sensitive_variables_in_machine_readable_mode():
+    """The fact nixgold's own redaction exists for: raw in -machine-readable, <sensitive> in the human UI."""
+    machine = (FIXTURES / "build-success.machine.txt").read_text()
+    human = (FIXTURES / "build-success.human.txt").read_text()
+    assert SECRET.replace(",", pk.COMMA) in machine
+    assert "<sensitive>" in human and SECRET not in human
+    assert (FIXTURES / "version.txt").read_text().startswith("Packer v1.6.6")
+
+
+def test_redactor_covers_raw_escaped_and_decoded_forms():
+    r = Redactor([SECRET, "short", ""])
+    for raw in (FIXTURES / "build-success.machine.txt").read_text().splitlines():
+        assert SECRET.replace(",", pk.COMMA) not in r(raw)
+        line = parse_line(r(raw))
+        if line is not None and line.is_ui:
+            assert SECRET not in r(line.ui_text)
+    assert r(f"a {SECRET} b") == "a *** b"
+    assert Redactor(["abc"])("abcabc") == "abcabc"  # too short to redact safely
+    multi = Redactor(["line1\nline2"])
+    assert multi("x line1\\nline2 y") == "x *** y"
+
+
+def test_success_has_the_artifact_and_no_errors():
+    t = feed("build-success.machine.txt")
+    assert t.artifact_id == "Null" and t.artifact["builder-id"] == "fnoeding.null"
+    assert t.errors == [] and t.failed_stage is None and not t.interrupted
+
+
+def test_failure_names_the_error_and_the_tail_holds_the_cause():
+    t = feed("build-failure.machine.txt")
+    assert t.errors[0] == "install.sh: step partition failed: parted exited 1"
+    assert t.build_errors == ["Script exited with non-zero exit status: 3.Allowed exit codes are: [0]"]
+    assert t.artifact_id is None
+    tail = t.tail()
+    assert "install.sh: step partition failed: parted exited 1" in tail
+    assert not any(line.startswith(("Wait completed", "Build 'nixgold", "==> Wait")) for line in tail)
+
+
+def test_interrupt_is_recognised():
+    t = feed("build-interrupt.machine.txt")
+    assert t.interrupted and t.errors == []
+
+
+# --- stages ----------------------------------------------------------------------------------------
+def test_real_proxmox_builder_output_maps_to_the_stages():
+    """Packer 1.6.6's proxmox builder against the PVE simulator: SSH timeout, then Packer's cleanup."""
+    t = feed("proxmox-bundled-ssh-timeout.log")
+    assert [s.name for s in t.spans] == [STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_INSTALL, STAGE_CLEANUP]
+    assert t.failed_stage == STAGE_INSTALL and t.errors[0] == "Timeout waiting for SSH."
+    assert t.tail()[-4:] == ["Timeout waiting for SSH.", "Stopping VM", "Deleting VM", "Timeout waiting for SSH."]
+
+
+def test_real_proxmox_builder_interrupt_during_ssh_wait():
+    t = feed("proxmox-bundled-interrupt.log")
+    assert t.interrupted and t.failed_stage == STAGE_INSTALL
+    assert [s.name for s in t.spans][-2:] == [STAGE_INSTALL, STAGE_CLEANUP]
+
+
+# The ui.Say strings of each step, as the builder sources print them (file in the rule's `source`).
+SOURCE_STRINGS = [
+    ("Creating VM", STAGE_CREATE), ("Starting VM", STAGE_CREATE), ("No VM ID given, getting next free from Proxmox", STAGE_CREATE),
+    ("Starting HTTP server on port 8668", STAGE_CREATE), ("Waiting 10s for boot", STAGE_BOOT_WAIT),
+    ("Waiting 1m30s for boot", STAGE_BOOT_WAIT), ("Typing the boot command", STAGE_TYPING),
+    ("Waiting for SSH to become available...", STAGE_INSTALL), ("Using ssh communicator to connect: 10.99.0.150", STAGE_INSTALL),
+    ("Connected to SSH!", STAGE_PROVISION), ("Provisioning with shell script: /x/packer/cleanup.sh", STAGE_PROVISION),
+    ("Stopping VM", STAGE_CONVERT), ("Converting VM to template", STAGE_CONVERT),
+    ("Adding a cloud-init cdrom in storage pool local", STAGE_CONVERT),
+]
+PLUGIN_ONLY = [("Force set, checking for existing artifact on PVE cluster", STAGE_CREATE),
+               ("Generated VM ID was already allocated, retrying", STAGE_CREATE)]
+
+
+@pytest.mark.parametrize("dialect", ["bundled", "plugin"])
+def test_stage_table_matches_the_builders_strings(dialect):
+    cases = SOURCE_STRINGS + (PLUGIN_ONLY if dialect == "plugin" else [])
+    for message, stage in cases:
+        assert stage_for(dialect, message) == stage, message
+    assert stage_for(dialect, "some provisioner output") is None
+    for rule in pk.STAGE_RULES[dialect]:
+        assert rule.stage in STAGE_ORDER and rule.source
+
+
+def test_a_whole_successful_bundled_build_in_order_and_never_backwards():
+    t = StageTracker("bundled")
+    seq = ["Creating VM", "Starting VM", "Starting HTTP server on port 8100", "Waiting 10s for boot",
+           "Typing the boot command", "Waiting for SSH to become available...", "Connected to SSH!",
+           "Provisioning with shell script: cleanup.sh", "Uploading ./x => /tmp/y", "Stopping VM",
+           "Converting VM to template", "Adding a cloud-init cdrom in storage pool local"]
+    for i, message in enumerate(seq):
+        t.feed(parse_line(f"{1000 + i},,ui,say,==> nixgold.proxmox.nixos: {message}"))
+    t.feed(parse_line("1100,nixgold.proxmox.nixos,artifact,0,id,9100"))
+    assert [s.name for s in t.spans] == [STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_INSTALL,
+                                         STAGE_PROVISION, STAGE_CONVERT]
+    assert t.artifact_id == "9100"
+
+
+# --- the real runner ------------------------------------------------------------------------------------
+def _env(**extra: str) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "CHECKPOINT_DISABLE": "1",
+            "PKR_VAR_proxmox_password": SECRET, **extra}
+
+
+@needs_packer
+def test_runner_build_redacts_log_and_callbacks(tmp_path):
+    shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
+    log = io.StringIO()
+    seen: list[str] = []
+    runner = PackerRunner(PACKER, env=_env(), redact=Redactor([SECRET]), log=log, cwd=tmp_path)
+    outcome = runner.build(tmp_path / "null.pkr.hcl", dialect="bundled", on_stage=lambda a, b: seen.append(b.name))
+    assert outcome.ok and outcome.exit_status == 0 and outcome.tracker.artifact_id == "Null"
+    assert seen == [pk.STAGE_START]
+    text = log.getvalue()
+    assert "a value with%!(PACKER_COMMA) commas and a password: ***" in text
+    assert SECRET not in text and SECRET.replace(",", pk.COMMA) not in text
+    assert all(SECRET not in line for line in outcome.tracker.tail())
+
+
+@needs_packer
+def test_runner_failure_and_validate_error(tmp_path):
+    shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
+    errors: list[str] = []
+    runner = PackerRunner(PACKER, env=_env(PKR_VAR_mode="fail"), redact=Redactor([SECRET]), cwd=tmp_path)
+    outcome = runner.build(tmp_path / "null.pkr.hcl", dialect="bundled", on_error_line=errors.append)
+    assert not outcome.ok and outcome.exit_status == 1
+    assert errors[0] == "install.sh: step partition failed: parted exited 1"
+    assert len(errors) == len(set(errors))  # the summary repeats errors; shown once
+    bare = PackerRunner(PACKER, env={k: v for k, v in _env().items() if k != "PKR_VAR_proxmox_password"},
+                        redact=Redactor(), cwd=tmp_path)
+    with pytest.raises(BuildError, match='Unset variable "proxmox_password"') as info:
+        bare.validate(tmp_path / "null.pkr.hcl")
+    assert info.value.stage == "validating the template"
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == parent:
+                    out.append(int(entry.name))
+                    todo.append(int(entry.name))
+    return out
+
+
+@needs_packer
+def test_interrupt_is_forwarded_and_secrets_never_reach_argv(tmp_path):
+    shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
+    runner = PackerRunner(PACKER, env=_env(PKR_VAR_mode="interrupt"), redact=Redactor([SECRET]), cwd=tmp_path)
+    argvs: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + 20
+        while runner.pid is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # the provisioner is sleeping now
+        pid = runner.pid
+        assert pid is not None
+        for p in [pid, *_descendants(pid)]:
+            try:
+                argvs.append(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass
+        runner.interrupt("SIGINT")
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    t0 = time.monotonic()
+    outcome = runner.build(tmp_path / "null.pkr.hcl", dialect="bundled")
+    thread.join()
+    assert time.monotonic() - t0 < 20  # not the provisioner's 30 s sleep: Packer stopped it
+    assert outcome.interrupted_by == "SIGINT" and outcome.tracker.interrupted and not outcome.ok
+    assert len(argvs) >= 2 and any("packer" in a for a in argvs)
+    assert not any(SECRET in a for a in argvs), argvs
