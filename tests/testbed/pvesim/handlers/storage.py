@@ -64,6 +64,27 @@ def storage_content(ctx: Ctx, p: dict[str, Any]) -> Any:
     return out
 
 
+@route("POST", ST + "/content")
+def allocate_disk(ctx: Ctx, p: dict[str, Any]) -> Any:
+    """pve-storage API2/Storage/Content.pm ``create``: allocate an empty disk image, return its volid.
+
+    Packer 1.6.6 (Telmate proxmox-api-go) calls it before creating a VM on a directory storage."""
+    vmid, name, sizestr = int(p["vmid"]), str(p["filename"]), str(p["size"])
+    m = re.fullmatch(r"(\d+)([MG]?)", sizestr)
+    if not m:
+        raise param_error({"size": f"unable to parse size '{sizestr}'"})
+    kib = int(m.group(1)) * {"": 1, "M": 1024, "G": 1024 * 1024}[m.group(2)]
+    fmt = p.get("format")
+    fm = re.search(r"\.(raw|qcow2|vmdk)$", name)
+    if fm:
+        if fmt and fmt != fm.group(1):
+            raise param_error({"format": f"different storage formats ({fmt} != {fm.group(1)})"})
+        fmt = fm.group(1)
+    if not name.startswith(f"vm-{vmid}-") and not name.startswith(f"base-{vmid}-"):
+        raise die(f"illegal name '{name}' - should be 'vm-{vmid}-*'")
+    return ctx.node.storage.alloc(p["storage"], vmid, fmt or "raw", kib * 1024, name)
+
+
 def _volid(p: dict[str, Any]) -> str:
     volume = p["volume"]
     return volume if ":" in volume else f"{p['storage']}:{volume}"
