@@ -96,21 +96,28 @@ def lock(c, config=None, set_=None, channel=None, verbose=False):
       help={**COMMON_HELP, "dry_run": "only validate, render into <output_dir>/dry-run/ and print the plan",
             "vmid": "template VM id (template.vmid)", "node": "Proxmox node (proxmox.node)",
             "storage": "VM storage (vm.storage)", "bridge": "network bridge (vm.bridge)",
-            "release": "NixOS release (nixos.release)", "firmware": "uefi or bios (vm.firmware)"},
+            "release": "NixOS release (nixos.release)", "firmware": "uefi or bios (vm.firmware)",
+            "replace": "rebuild over the nixgold template at the vmid: it is DESTROYED before the build starts",
+            "keep_on_error": "leave a failed build's VM for debugging (packer -on-error=abort) and say how to "
+                             "inspect it",
+            "verify": "run `invoke verify` on the new template (exit 5 when a check fails)"},
       iterable=["set_"])
 @_cli
 def build_template(c, config=None, set_=None, dry_run=False, vmid=None, node=None, storage=None, bridge=None,
-                   release=None, firmware=None, verbose=False):
-    """Build the NixOS golden template with Packer (use --dry-run to see the plan first)."""
+                   release=None, firmware=None, replace=False, keep_on_error=False, verify=False, verbose=False):
+    """Build the NixOS golden template with Packer (use --dry-run to see the plan first).
+
+    Exit codes: 2 config, 3 preflight, 4 build (the stage is named), 5 verify, 6 Proxmox API, 130 interrupted.
+    """
     from nixgold import app
 
-    overrides = _overrides(set_, **{"template.vmid": int(vmid) if vmid else None, "proxmox.node": node,
+    overrides = _overrides(set_, **{"template.vmid": _int_flag("--vmid", vmid), "proxmox.node": node,
                                     "vm.storage": storage, "vm.bridge": bridge, "nixos.release": release,
                                     "vm.firmware": firmware})
     if dry_run:
         app.dry_run(config, overrides, sys.stdout)
         return
-    raise Exit("nixgold: build-template without --dry-run is not available yet", code=2)
+    app.build(config, overrides, replace=replace, keep_on_error=keep_on_error, verify=verify)
 
 
 @task(help={**COMMON_HELP, "vmid": "template to verify (default: template.vmid)",

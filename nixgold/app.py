@@ -17,6 +17,7 @@ from .progress import Progress
 from .render import prepare_inputs, render_files, write_files
 
 if TYPE_CHECKING:
+    from .build import BuildResult
     from .report import VerifyReport
 
 CHANNELS_URL_ENV = "NIXGOLD_CHANNELS_URL"  # a mirror of channels.nixos.org (also used by tests)
@@ -124,3 +125,18 @@ def verify(config_path: str | None, overrides: Mapping[str, Any], *, vmid: int |
     options = VerifyOptions(vmid=vmid, name=name, tag=tag, keep=keep, junit=junit, json_path=json_path,
                             insecure=insecure)
     return run_verify(config, creds, options, progress=progress, out=out or sys.stdout)
+
+
+def build(config_path: str | None, overrides: Mapping[str, Any], *, replace: bool = False,
+          keep_on_error: bool = False, verify: bool = False, progress: Progress | None = None,
+          out: TextIO | None = None, env: Mapping[str, str] | None = None) -> "BuildResult":
+    """`invoke build-template`: preflight, render into build/<id>/, packer build, check (see nixgold.build)."""
+    import sys
+
+    from .build import BuildOptions, run_build
+
+    env = os.environ if env is None else env
+    config, creds = load(config_path, overrides, env)
+    progress = progress or Progress(redact=creds.redact)
+    options = BuildOptions(replace=replace, keep_on_error=keep_on_error, verify=verify)
+    return run_build(config, creds, options, progress=progress, out=out or sys.stdout, env=env)

@@ -1,0 +1,467 @@
+"""`invoke build-template`: preflight, render into ``build/<id>/``, run Packer, check the result.
+
+    result = run_build(config, creds, BuildOptions(replace=False), progress=Progress(), out=sys.stdout)
+
+1. Packer present + dialect, config + lock (:func:`nixgold.render.prepare_inputs`, ISO required);
+2. ``build/<id>/``: the rendered ``packer/`` and ``http/`` (plus ``$NIXGOLD_RENDER_OVERLAY``, a
+   test hook whose files replace rendered files of the same relative path: loud warning,
+   ``"overlay": true`` in the manifest), the per-build key pair (``build_key`` 0600,
+   ``build_key.pub``; the bundled dialect also serves it as ``http/build_key.pub``),
+   ``packer.log`` and finally ``manifest.json`` + ``build.json``;
+3. preflight (:mod:`nixgold.preflight`): everything checkable before the long build;
+4. ``packer validate``; with ``--replace`` the old template is destroyed now (not earlier);
+5. ``packer build`` under pexpect (:mod:`nixgold.packer`): one progress line per stage, the full
+   (redacted) output in ``packer.log``; secrets only in Packer's environment
+   (``PKR_VAR_proxmox_password``/``_token``), the private key only as a 0600 file path,
+   ``SSL_CERT_FILE`` = ``PROXMOX_CA_BUNDLE`` (never ``insecure_skip_tls_verify``);
+6. success: the template's description is read back and must be this build's manifest; the
+   bundled dialect sets ``serial0: socket`` and the tags through the API (Packer 1.6 cannot);
+   ``--verify`` runs :mod:`nixgold.verify` on it;
+7. failure: :class:`~nixgold.errors.BuildError` naming the stage with Packer's last lines; no VM
+   of the build is left (checked through the API, destroyed if Packer did not) unless
+   ``--keep-on-error`` (``-on-error=abort``), which prints how to inspect it;
+   SIGINT/SIGTERM: forwarded to Packer, its cleanup awaited, then the same API check ->
+   :class:`~nixgold.errors.Interrupted` (130).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TextIO
+
+from . import buildkeys
+from .bootcmd import stats as boot_stats
+from .config import Config, Credentials, duration_seconds
+from .errors import BuildError, Interrupted, NixgoldError, PreflightError, ProxmoxError
+from .hcl import NIXGOLD_TAG
+from .lock import read_lock
+from .manifest import MARKER_KEY
+from .packer import (STAGE_BOOT_WAIT, STAGE_INSTALL, STAGE_TYPING, BuildOutcome, PackerRunner, Redactor, StageSpan,
+                     StageTracker)
+from .preflight import BUILDING_DESCRIPTION, PreflightResult, check_packer, packer_identity, run_preflight
+from .progress import Progress, StageTiming
+from .proxmox import ProxmoxClient
+from .render import prepare_inputs, render_files, write_files
+from .render_inputs import (BUILD_KEY_PUB, HTTP_DIR, PACKER_DIR, VAR_BUILD_ID, VAR_BUILD_PRIVATE_KEY_FILE,
+                            VAR_BUILD_PUBLIC_KEY, VAR_GIT_COMMIT, VAR_ISO_SHA256, VAR_ISO_URL, VAR_PROXMOX_PASSWORD,
+                            VAR_PROXMOX_TOKEN, VAR_PROXMOX_URL, VAR_PROXMOX_USERNAME)
+
+log = logging.getLogger("nixgold.build")
+
+OVERLAY_ENV = "NIXGOLD_RENDER_OVERLAY"
+HEARTBEAT = 300.0  # seconds between "still waiting" lines
+#: Environment variables never handed to Packer (it gets exactly the PKR_VAR_* it needs).
+_DROP_ENV_PREFIXES = ("PROXMOX_", "NIXGOLD_", "PKR_VAR_", "PACKER_LOG")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    replace: bool = False
+    keep_on_error: bool = False
+    verify: bool = False
+    build_id: str | None = None
+    cleanup_timeout: float = 900.0  # how long Packer may take to clean up after an interrupt
+
+
+@dataclass
+class BuildResult:
+    build_id: str
+    build_dir: Path
+    dialect: str
+    vmid: int
+    name: str
+    node: str
+    manifest: dict[str, Any]
+    overlay: bool
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    keystrokes: int = 0
+    typing_estimate_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    verify_report: Any = None
+
+
+def new_build_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+
+
+def git_commit(directory: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(directory), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "-C", str(directory), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10)
+    return out.stdout.strip() + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def apply_overlay(root: Path, overlay: Path) -> list[str]:
+    """Copy every file of ``overlay`` over ``root`` (same relative path, mode kept); the paths."""
+    if not overlay.is_dir():
+        raise PreflightError(f"{OVERLAY_ENV}={overlay}: not a directory")
+    replaced = []
+    for path in sorted(p for p in overlay.rglob("*") if p.is_file()):
+        rel = path.relative_to(overlay)
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        target.chmod(path.stat().st_mode & 0o777)
+        replaced.append(rel.as_posix())
+    return replaced
+
+
+def packer_environment(base: Mapping[str, str], *, dialect: str, creds: Credentials, key: buildkeys.BuildKey,
+                       build_id: str, commit: str, iso_url: str | None, iso_sha256: str | None) -> dict[str, str]:
+    """Packer's environment: the caller's minus Proxmox/nixgold variables, plus the PKR_VAR_* it needs."""
+    env = {k: v for k, v in base.items() if not k.startswith(_DROP_ENV_PREFIXES)}
+    env["CHECKPOINT_DISABLE"] = "1"
+    env[f"PKR_VAR_{VAR_PROXMOX_URL}"] = str(creds.url)
+    env[f"PKR_VAR_{VAR_BUILD_PRIVATE_KEY_FILE}"] = str(key.private_key_file)
+    env[f"PKR_VAR_{VAR_BUILD_ID}"] = build_id
+    env[f"PKR_VAR_{VAR_GIT_COMMIT}"] = commit
+    if dialect == "plugin":
+        env[f"PKR_VAR_{VAR_PROXMOX_USERNAME}"] = str(creds.token_id)
+        env[f"PKR_VAR_{VAR_PROXMOX_TOKEN}"] = str(creds.token_secret)
+        env[f"PKR_VAR_{VAR_BUILD_PUBLIC_KEY}"] = key.public_key
+    else:
+        env[f"PKR_VAR_{VAR_PROXMOX_USERNAME}"] = str(creds.username)
+        env[f"PKR_VAR_{VAR_PROXMOX_PASSWORD}"] = str(creds.password)
+    if iso_url is not None:
+        env[f"PKR_VAR_{VAR_ISO_URL}"] = iso_url
+        env[f"PKR_VAR_{VAR_ISO_SHA256}"] = str(iso_sha256)
+    if creds.ca_bundle:
+        env["SSL_CERT_FILE"] = str(Path(creds.ca_bundle).resolve())  # Go's crypto/x509 reads it
+    return env
+
+
+class _Signals:
+    """SIGINT/SIGTERM while Packer runs: 1st forwards SIGINT, 2nd warns, 3rd kills Packer."""
+
+    def __init__(self, runner: PackerRunner, say: Callable[[str], None]):
+        self.runner = runner
+        self.say = say
+        self.count = 0
+        self.received: str | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        self.count += 1
+        self.received = self.received or name
+        if self.count == 1:
+            self.say(f"{name} received: asking Packer to stop; waiting for its cleanup (it destroys the build VM)")
+            self.runner.interrupt(name)
+        elif self.count == 2:
+            self.say(f"{name} again: still waiting for Packer's cleanup; once more kills Packer "
+                     "(nixgold then destroys the VM through the API)")
+        else:
+            self.say(f"{name}: killing Packer")
+            self.runner.kill()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_Signals"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {sig: signal.signal(sig, self.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _deferred_signals(say: Callable[[str], None]) -> Iterator[list[str]]:
+    """During cleanup: note signals instead of dying half-way (re-raised as Interrupted after)."""
+    got: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        got.append(signal.Signals(signum).name)
+        say(f"{signal.Signals(signum).name} received: finishing the cleanup first")
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+class Builder:
+    def __init__(self, config: Config, creds: Credentials, options: BuildOptions, *, progress: Progress, out: TextIO,
+                 env: Mapping[str, str] | None = None,
+                 client_factory: Callable[[Credentials], ProxmoxClient] | None = None):
+        self.config = config
+        self.creds = creds
+        self.options = options
+        self.progress = progress
+        self.out = out
+        self.env = dict(os.environ if env is None else env)
+        self.redactor = Redactor(creds.secrets)
+        self._client: ProxmoxClient | None = None
+        self._client_factory = client_factory or (lambda c: ProxmoxClient(c, timeout=config.proxmox.timeout))
+        self.dialect = ""
+        self.build_id = options.build_id or new_build_id()
+        self.build_dir = Path(config.build.output_dir) / self.build_id
+        self.log: TextIO | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        self.progress.line(self.redactor(text))
+
+    def client(self) -> ProxmoxClient:
+        if self._client is None:
+            self._client = self._client_factory(packer_identity(self.dialect, self.creds))
+        return self._client
+
+    def _stage_line(self, old: StageSpan | None, new: StageSpan) -> None:
+        if old is not None:
+            self.progress.timings.append(StageTiming(f"packer: {old.name}", old.seconds, ok=True))
+        detail = {
+            STAGE_BOOT_WAIT: f" ({self.config.build.boot_wait} for the ISO's boot menu)",
+            STAGE_TYPING: f" ({self._typing.keystrokes} keys at {self.config.build.key_interval}/key, "
+                          f"{self._typing.wait_seconds:.0f}s of waits)",
+            STAGE_INSTALL: f" (install.sh runs, the VM reboots; ssh_timeout {self.config.build.ssh_timeout})",
+        }.get(new.name, "")
+        took = f" ({old.name} took {old.seconds:.1f}s)" if old is not None else ""
+        self.say(f"packer: {new.name}{detail} ...{took}")
+
+    def _tick(self, tracker: StageTracker) -> None:
+        span = tracker.spans[-1] if tracker.spans else None
+        if span is None:
+            return
+        last = getattr(self, "_last_beat", span.started)
+        if time.monotonic() - max(last, span.started) >= HEARTBEAT:
+            self._last_beat = time.monotonic()
+            self.say(f"packer: still {span.name} ({span.seconds / 60:.0f} min)")
+
+    # -- the run ---------------------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        started = time.monotonic()
+        config = self.config
+        with self.progress.stage("checking packer and the configuration"):
+            packer_check = check_packer(config)
+            self.dialect = dialect = packer_check[1]
+            from .app import lock_path  # app imports build lazily; no cycle at import time
+
+            inputs = prepare_inputs(config, dialect=dialect, lock=read_lock(lock_path(config)), require_iso=True)
+            overlay_dir = self.env.get(OVERLAY_ENV)
+            if overlay_dir:
+                inputs = dataclasses.replace(inputs, manifest={**inputs.manifest, "overlay": True})
+            self._typing = boot_stats(list(inputs.boot_command), duration_seconds(config.build.key_interval))
+        assert inputs.iso is not None
+
+        # build/<id>/: rendered files, overlay, key pair, log
+        self.build_dir.mkdir(parents=True, exist_ok=False)
+        self.build_dir.chmod(0o700)
+        write_files(self.build_dir, render_files(inputs))
+        if overlay_dir:
+            replaced = apply_overlay(self.build_dir, Path(overlay_dir))
+            self.say(f"WARNING: {OVERLAY_ENV}={overlay_dir} is active: {', '.join(replaced) or 'no files'} replaced "
+                     f"the rendered files (a test hook: this template is NOT what the config describes; "
+                     f"its manifest says \"overlay\": true)")
+        key = buildkeys.generate(self.build_dir, self.build_id)
+        self.redactor.add(*key.secret_lines)
+        if dialect == "bundled":
+            shutil.copyfile(key.public_key_file, self.build_dir / HTTP_DIR / BUILD_KEY_PUB)
+        log_path = self.build_dir / "packer.log"
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.log = os.fdopen(fd, "w", encoding="utf-8")
+        self.say(f"build {self.build_id} in {self.build_dir} ({dialect} dialect); Packer's output: {log_path}")
+        try:
+            return self._run(inputs, key, packer_check, started)
+        finally:
+            self.log.close()
+
+    def _run(self, inputs: Any, key: buildkeys.BuildKey, packer_check: Any, started: float) -> BuildResult:
+        config, dialect = self.config, self.dialect
+        iso = inputs.iso
+        commit = git_commit(Path(config.source).resolve().parent if config.source else Path.cwd())
+        env = packer_environment(self.env, dialect=dialect, creds=self.creds, key=key, build_id=self.build_id,
+                                 commit=commit, iso_url=iso.url if iso.volume is None else None,
+                                 iso_sha256=iso.sha256 if iso.volume is None else None)
+        template_dir = (self.build_dir / PACKER_DIR).resolve()
+        runner = PackerRunner(packer_check[0].path, env=env, redact=self.redactor, log=self.log,
+                              cwd=self.build_dir.resolve())
+
+        with self.progress.stage("preflight: packer, Proxmox API, privileges, node, storages, bridge, ISO, vmid"):
+            pre = run_preflight(config, self.creds, iso_volume=iso.volume, iso_download_on_pve=iso.download_on_pve,
+                                replace=self.options.replace, template_dir=template_dir,
+                                packer_runner_factory=lambda info: runner,
+                                client_factory=lambda c: self.client(), say=self.say, packer=packer_check)
+        for warning in pre.warnings:
+            self.say(f"warning: {warning}")
+        with self.progress.stage("packer validate"):
+            runner.validate(template_dir)
+        if pre.vmid is not None and pre.vmid.status == "replace":
+            with self.progress.stage(f"--replace: destroying {pre.vmid.existing['what']} at vmid {pre.vmid.vmid}"):
+                self._destroy(pre.vmid.vmid, str(pre.vmid.existing.get("node") or config.proxmox.node))
+
+        on_error = "abort" if self.options.keep_on_error else "cleanup"
+        sigs = _Signals(runner, self.say)
+        with sigs.installed():
+            outcome = runner.build(template_dir, dialect=dialect, on_error=on_error, on_stage=self._stage_line,
+                                   on_error_line=lambda line: self.say(f"packer error: {line}"), on_tick=self._tick,
+                                   cleanup_timeout=self.options.cleanup_timeout)
+        tracker = outcome.tracker
+        if tracker.spans:
+            last = tracker.spans[-1]
+            self.progress.timings.append(StageTiming(f"packer: {last.name}", last.seconds, ok=outcome.ok))
+        stages = [{"name": s.name, "seconds": round(s.seconds, 1)} for s in tracker.spans]
+        if sigs.received or outcome.interrupted_by:
+            self._after_failure(outcome, interrupted=sigs.received or outcome.interrupted_by)
+            raise Interrupted(f"interrupted by {sigs.received or outcome.interrupted_by} during "
+                              f"'{tracker.failed_stage or tracker.current}'; Packer cleaned up"
+                              + (" (killed)" if outcome.killed else "") + f"; no VM of build {self.build_id} is left")
+        if not outcome.ok or not tracker.artifact_id:
+            self._after_failure(outcome, interrupted=None)
+            stage = tracker.failed_stage or tracker.current or "packer build"
+            message = (tracker.errors[0] if tracker.errors else tracker.build_errors[0] if tracker.build_errors
+                       else f"packer exited with status {outcome.exit_status}")
+            if outcome.ok and not tracker.artifact_id:
+                message = "packer finished but reported no artifact (template id)"
+            kept = (f"\n  the VM was kept for debugging (--keep-on-error): {self._inspect_hint()}"
+                    if self.options.keep_on_error else "")
+            self._write_report(stages, outcome="failed", stage=stage)
+            raise BuildError(self.redactor(message) + f" (full output: {self.build_dir / 'packer.log'}){kept}",
+                             stage=stage, tail=tracker.tail())
+
+        # success
+        vmid = int(str(tracker.artifact_id).strip())
+        with self.progress.stage(f"checking template {vmid}: manifest, tags" + (", serial0" if dialect == "bundled" else "")):
+            manifest, name, node = self._finish_template(vmid, inputs)
+        result = BuildResult(build_id=self.build_id, build_dir=self.build_dir, dialect=dialect, vmid=vmid, name=name,
+                             node=node, manifest=manifest, overlay=bool(manifest.get("overlay")), stages=stages,
+                             keystrokes=self._typing.keystrokes, typing_estimate_seconds=self._typing.typing_seconds,
+                             wall_seconds=time.monotonic() - started)
+        self._write_report(stages, outcome="built", stage=None, result=result)
+        print(f"template {vmid} '{name}' on {node} built ({dialect} dialect, build {self.build_id}, "
+              f"{result.wall_seconds / 60:.1f} min); manifest: {self.build_dir / 'manifest.json'}", file=self.out,
+              flush=True)
+        print("stages: " + ", ".join(f"{s['name']} {s['seconds']:.0f}s" for s in stages), file=self.out, flush=True)
+        return result
+
+    # -- after the build -------------------------------------------------------------------------------------
+    def _finish_template(self, vmid: int, inputs: Any) -> tuple[dict[str, Any], str, str]:
+        client = self.client()
+        res = client.find_vm(vmid)
+        if res is None:
+            raise BuildError(f"Packer reported template {vmid}, but the cluster has no VM {vmid}", stage="checking the template")
+        node = str(res.get("node") or self.config.proxmox.node)
+        cfg = client.vm_config(node, vmid)
+        description = str(cfg.get("description") or "")
+        try:
+            manifest = json.loads(description[description.find("{"):]) if "{" in description else None
+        except ValueError:
+            manifest = None
+        expected = {**inputs.manifest, "build_id": self.build_id}
+        if not isinstance(manifest, dict) or manifest.get(MARKER_KEY) != expected[MARKER_KEY]:
+            raise BuildError(f"template {vmid}'s description is not a nixgold manifest: {description[:200]!r}",
+                             stage="checking the template")
+        wrong = {k: (manifest.get(k), v) for k, v in expected.items() if manifest.get(k) != v}
+        if wrong:
+            raise BuildError(f"the manifest in template {vmid}'s description differs from this build's: "
+                             + "; ".join(f"{k}: {got!r} != {want!r}" for k, (got, want) in sorted(wrong.items())),
+                             stage="checking the template")
+        if int(cfg.get("template") or 0) != 1:
+            raise BuildError(f"VM {vmid} is not a template after the build", stage="checking the template")
+        changes: dict[str, Any] = {}
+        tags = list(dict.fromkeys([*self.config.template.tags, NIXGOLD_TAG]))
+        have = [t for t in str(cfg.get("tags") or "").replace(",", ";").split(";") if t]
+        if not set(t.lower() for t in tags) <= set(t.lower() for t in have):
+            changes["tags"] = ";".join(dict.fromkeys([*have, *tags]))
+        if self.dialect == "bundled" and cfg.get("serial0") != "socket":
+            changes["serial0"] = "socket"
+        if changes:
+            client.set_config(node, vmid, **changes)
+        path = self.build_dir / "manifest.json"
+        path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return manifest, str(cfg.get("name") or ""), node
+
+    def _write_report(self, stages: list[dict[str, Any]], *, outcome: str, stage: str | None,
+                      result: BuildResult | None = None) -> None:
+        data = {"build_id": self.build_id, "dialect": self.dialect, "outcome": outcome, "failed_stage": stage,
+                "stages": stages, "overlay": bool(self.env.get(OVERLAY_ENV)),
+                "keystrokes": self._typing.keystrokes,
+                "typing_estimate_seconds": round(self._typing.typing_seconds, 2),
+                "vmid": result.vmid if result else self.config.template.vmid}
+        if result is not None:
+            data["wall_seconds"] = round(result.wall_seconds, 1)
+        (self.build_dir / "build.json").write_text(self.redactor(json.dumps(data, indent=2)) + "\n")
+
+    def _inspect_hint(self) -> str:
+        vmid, node = self.config.template.vmid, self.config.proxmox.node
+        return (f"VM {vmid} on {node}: its serial console `qm terminal {vmid}` (or the web console), Packer's "
+                f"output {self.build_dir / 'packer.log'}, the build key {self.build_dir / buildkeys.PRIVATE_NAME} "
+                f"(`ssh -i ... root@<ip>` once the installed system is up); remove it with `qm stop {vmid}; "
+                f"qm destroy {vmid} --purge 1 --destroy-unreferenced-disks 1` or rebuild with --replace")
+
+    def _after_failure(self, outcome: BuildOutcome, interrupted: str | None) -> None:
+        """Make sure no VM of this build is left (unless --keep-on-error on a failure)."""
+        if self.options.keep_on_error and not interrupted:
+            self.say(f"--keep-on-error: leaving the failed VM: {self._inspect_hint()}")
+            return
+        with _deferred_signals(self.say) as got:
+            with self.progress.stage(f"making sure no VM of build {self.build_id} is left (vmid {self.config.template.vmid})"):
+                self._remove_build_vm()
+        if got and not interrupted:
+            raise Interrupted(f"interrupted by {got[0]} during cleanup")
+
+    def _remove_build_vm(self) -> None:
+        vmid = self.config.template.vmid
+        client = self.client()
+        res = client.find_vm(vmid)
+        if res is None:
+            return
+        node = str(res.get("node") or self.config.proxmox.node)
+        cfg = client.vm_config(node, vmid)
+        description = str(cfg.get("description") or "")
+        ours = (description.strip() == BUILDING_DESCRIPTION or cfg.get("name") == f"{self.config.template.name}-building"
+                or f'"build_id":"{self.build_id}"' in description.replace(" ", ""))
+        if not ours:
+            self.say(f"vmid {vmid} holds a VM that is not this build's ({cfg.get('name')!r}); leaving it alone")
+            return
+        self.say(f"Packer left VM {vmid} ({cfg.get('name')}) behind: destroying it")
+        self._destroy(vmid, node)
+
+    def _destroy(self, vmid: int, node: str) -> None:
+        client = self.client()
+        timeout = duration_seconds(self.config.build.task_timeout)
+        client.wait_unlocked(node, vmid, 120)
+        if client.vm_status(node, vmid).get("status") != "stopped":
+            client.wait_task(client.stop(node, vmid), timeout)
+        client.wait_task(client.destroy(node, vmid), timeout)
+
+
+def run_build(config: Config, creds: Credentials, options: BuildOptions, *, progress: Progress, out: TextIO,
+              env: Mapping[str, str] | None = None,
+              client_factory: Callable[[Credentials], ProxmoxClient] | None = None) -> BuildResult:
+    """Build the template end to end (see the module doc). Raises a NixgoldError subclass on failure."""
+    builder = Builder(config, creds, options, progress=progress, out=out, env=env, client_factory=client_factory)
+    result = builder.run()
+    if options.verify:
+        from .verify import VerifyOptions, run_verify
+
+        verify_config = dataclasses.replace(config, template=dataclasses.replace(config.template, vmid=result.vmid))
+        result.verify_report = run_verify(verify_config, creds, VerifyOptions(vmid=result.vmid), progress=progress,
+                                          out=out)
+    return result
