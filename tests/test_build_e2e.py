@@ -1,0 +1,327 @@
+"""`invoke build-template` as a user runs it: the REAL invoke + Debian's Packer 1.6.6 (bundled
+dialect, password login) inside the test bed's namespace, against the PVE simulator and QEMU/TCG.
+
+* without an installer (a non-booting ISO): SIGINT during "waiting for install/SSH" is forwarded to
+  Packer, which destroys the VM; nothing of the build is left and no secret is in any output, any
+  file under ``build/<id>/`` or the packer process's argv;
+* with the stand-in installer ISO (``tests/testbed/images/installer_iso.py``) and the Debian
+  stand-in overlay (``NIXGOLD_RENDER_OVERLAY=tests/testbed/standin``): Packer creates the VM, types
+  the boot_command via sendkey, serves install.sh, waits for the installed system's guest agent,
+  SSHes in with the per-build key, runs cleanup, converts to a template; ``--verify`` (generic
+  profile) passes on it. A failing install.sh fails the build with the stage named, no VM left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixgold.errors import ExitCode
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = REPO / "tests" / "testbed" / "standin"
+DUMMY_ISO = "nixgold-noboot.iso"
+VMID = 9200
+
+
+def have_standin() -> bool:
+    return (REPO / "tests" / "testbed" / "images" / "installer_iso.py").exists() and (STANDIN / "http" / "install.sh").exists()
+
+
+def invoke_argv(testbed: Any, *args: str) -> list[str]:
+    invoke = REPO / ".venv" / "bin" / "invoke"
+    cmd = [str(invoke)] if invoke.exists() else [sys.executable, "-m", "invoke"]
+    return ["ip", "netns", "exec", testbed.netns, *cmd, "-r", str(REPO), "build-template", *args]
+
+
+def build_env(testbed: Any, config: Path, overlay: Path | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PROXMOX_", "NIXGOLD_", "REQUESTS_CA", "PKR_VAR_", "PACKER_"))}
+    env.update(testbed.env())
+    env.pop("REQUESTS_CA_BUNDLE", None)
+    env["NIXGOLD_CONFIG"] = str(config)
+    env["PROXMOX_USERNAME"] = testbed.token_user  # Packer 1.6 logs in with a password
+    env["PROXMOX_PASSWORD"] = testbed.user_password
+    if overlay is not None:
+        env["NIXGOLD_RENDER_OVERLAY"] = str(overlay)
+    return env
+
+
+def write_config(directory: Path, testbed: Any, *, iso: str, vmid: int = VMID, ssh_timeout: str = "20m",
+                 boot_wait: str = "5s", live_boot_wait: str = "40s", extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "nixgold.toml"
+    path.write_text(f"""
+[proxmox]
+node = "{testbed.node}"
+url = "{testbed.url}"
+[template]
+vmid = {vmid}
+name = "nixgold-e2e"
+[vm]
+firmware = "bios"
+storage = "{testbed.storage}"
+disk_format = "qcow2"
+disk_size = "8G"
+bridge = "{testbed.bridge}"
+memory = 1024
+cores = 1
+cpu_type = "host"
+[iso]
+volume = "{testbed.storage}:iso/{iso}"
+[build]
+dialect = "bundled"
+boot_wait = "{boot_wait}"
+live_boot_wait = "{live_boot_wait}"
+key_interval = "10ms"
+ssh_timeout = "{ssh_timeout}"
+output_dir = "{directory / 'build'}"
+[verify]
+profile = "generic"
+clones = 1
+agent_timeout = "12m"
+ssh_timeout = "5m"
+{extra}
+""")
+    return path
+
+
+def upload_iso(testbed: Any, path: Path, name: str) -> None:
+    """Register an ISO in the bed's `local` storage through the upload API (as a user would)."""
+    with testbed.enter():
+        node = testbed.root_api().nodes(testbed.node)
+        if any(v["volid"] == f"{testbed.storage}:iso/{name}" for v in node.storage(testbed.storage).content.get(content="iso")):
+            return
+        named = path
+        if path.name != name:  # the multipart file name is the volume name
+            named = testbed.root / "upload" / name
+            named.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, named)
+        with named.open("rb") as fh:
+            upid = node.storage(testbed.storage).upload.post(content="iso", filename=fh)
+        testbed._wait(testbed.root_api(), upid)
+
+
+def vms(testbed: Any) -> list[dict[str, Any]]:
+    with testbed.enter():
+        return testbed.proxmoxer().cluster.resources.get(type="vm")
+
+
+def remove_vm(testbed: Any, vmid: int) -> None:
+    with testbed.enter():
+        prox = testbed.root_api()
+        node = prox.nodes(testbed.node)
+        if not any(int(v["vmid"]) == vmid for v in prox.cluster.resources.get(type="vm")):
+            return
+        if node.qemu(vmid).status.current.get()["status"] != "stopped":
+            testbed._wait(prox, node.qemu(vmid).status.stop.post())
+        testbed._wait(prox, node.qemu(vmid).delete(purge=1, **{"destroy-unreferenced-disks": 1}))
+
+
+@pytest.fixture(autouse=True)
+def before(testbed) -> Any:
+    ids = {int(vm["vmid"]) for vm in vms(testbed)}
+    yield ids
+    for vm in vms(testbed):
+        if int(vm["vmid"]) not in ids:
+            remove_vm(testbed, int(vm["vmid"]))
+
+
+@pytest.fixture(scope="module")
+def dummy_iso(testbed, tmp_path_factory) -> str:
+    """An ISO SeaBIOS cannot boot: the VM sits in the firmware, the SSH wait never ends."""
+    src = tmp_path_factory.mktemp("iso")
+    (src / "README.txt").write_text("not an installer\n")
+    iso = src.parent / DUMMY_ISO
+    subprocess.run(["genisoimage", "-quiet", "-V", "NOBOOT", "-o", str(iso), str(src)], check=True)
+    upload_iso(testbed, iso, DUMMY_ISO)
+    return DUMMY_ISO
+
+
+class Running:
+    """`invoke build-template` in the background, stderr collected line by line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path):
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.out = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(re.search(pattern, line) for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} not seen; stderr so far:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float) -> int:
+        assert self.proc.stdout is not None
+        self.out = self.proc.stdout.read()
+        rc = self.proc.wait(timeout)
+        self._reader.join(10)
+        return rc
+
+    @property
+    def err(self) -> str:
+        return "".join(self.lines)
+
+
+def packer_argvs(root_pid: int) -> list[str]:
+    """argv of every process below ``root_pid`` (Packer and its plugin processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            todo.append(child)
+            try:
+                out.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                pass
+    return out
+
+
+def build_dir_of(text: str) -> Path:
+    m = re.search(r"build (\S+) in (\S+) \(bundled dialect\)", text)
+    assert m, text
+    return Path(m.group(2)) if Path(m.group(2)).is_absolute() else Path(m.group(2))
+
+
+def assert_no_secret(testbed: Any, texts: list[str], build_dir: Path) -> None:
+    secrets = [testbed.token_secret, testbed.user_password]
+    key_file = build_dir / "build_key"
+    key_lines = [ln for ln in key_file.read_text().splitlines() if ln and not ln.startswith("-----")]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    for text in texts:
+        for s in secrets + key_lines:
+            assert s not in text
+    for path in build_dir.rglob("*"):
+        if path.is_file() and path != key_file:
+            data = path.read_text(errors="replace")
+            for s in secrets + key_lines:
+                assert s not in data, f"a secret is in {path}"
+
+
+# ----------------------------------------------------------------------------------- no installer
+def test_sigint_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before, dummy_iso, tmp_path):
+    config = write_config(tmp_path, testbed, iso=dummy_iso, boot_wait="2s", live_boot_wait="2s", ssh_timeout="10m")
+    run = Running(invoke_argv(testbed), build_env(testbed, config), tmp_path)
+    try:
+        run.wait_for(r"packer: waiting for install/SSH", timeout=300)
+        argvs = packer_argvs(run.proc.pid)
+        assert any("packer build -machine-readable" in a for a in argvs), argvs
+        assert any(int(v["vmid"]) == VMID for v in vms(testbed))  # the build VM exists now
+        time.sleep(2)
+        run.proc.send_signal(signal.SIGINT)
+        rc = run.finish(timeout=300)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == ExitCode.INTERRUPTED, run.err
+    err = run.err
+    assert "SIGINT received: asking Packer to stop" in err
+    assert "packer: Packer cleanup" in err and f"making sure no VM of build" in err
+    assert re.search(r"interrupted by SIGINT during 'waiting for install/SSH'; Packer cleaned up; no VM of build", err)
+    assert [v for v in vms(testbed) if int(v["vmid"]) not in before] == []
+    build_dir = build_dir_of(err)
+    log = (build_dir / "packer.log").read_text()
+    assert "Cancelling build after receiving interrupt" in log and "Deleting VM" in log
+    assert (build_dir / "packer.log").stat().st_mode & 0o777 == 0o600
+    assert_no_secret(testbed, [err, run.out, *argvs], build_dir)
+
+
+def test_preflight_failure_exits_3_before_touching_the_cluster(testbed, before, dummy_iso, tmp_path):
+    config = write_config(tmp_path, testbed, iso="missing.iso", vmid=testbed.template_vmid)
+    result = subprocess.run(invoke_argv(testbed), env=build_env(testbed, config), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == ExitCode.PREFLIGHT, result.stderr
+    assert "ISO local:iso/missing.iso (iso.volume) is not in storage local" in result.stderr
+    assert f"vmid {testbed.template_vmid} holds nixgold template" in result.stderr
+    assert testbed.user_password not in result.stderr + result.stdout
+
+
+# ------------------------------------------------------------------------------ the stand-in build
+standin = pytest.mark.skipif(not have_standin(), reason="the stand-in installer ISO and overlay are not in the tree yet "
+                                                        "(tests/testbed/images/installer_iso.py, tests/testbed/standin/)")
+
+
+@pytest.fixture(scope="module")
+def standin_iso(testbed) -> str:
+    from tests.testbed.images.installer_iso import build_installer_iso
+
+    iso = Path(build_installer_iso())
+    name = "nixgold-standin-installer.iso"
+    upload_iso(testbed, iso, name)
+    return name
+
+
+@standin
+def test_standin_build_then_verify(testbed, before, standin_iso, tmp_path):
+    config = write_config(tmp_path, testbed, iso=standin_iso)
+    t0 = time.monotonic()
+    result = subprocess.run(invoke_argv(testbed, "--verify"), env=build_env(testbed, config, STANDIN), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=3600)
+    wall = time.monotonic() - t0
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert "WARNING: NIXGOLD_RENDER_OVERLAY=" in err
+    for stage in ("creating the VM", "boot wait", "typing the boot command", "waiting for install/SSH",
+                  "provisioning", "converting to template"):
+        assert re.search(rf"\[\s*\d+\.\ds\] packer: {re.escape(stage)}", err), stage
+    assert re.search(rf"template {VMID} 'nixgold-e2e' on {testbed.node} built \(bundled dialect", out)
+    build_dir = build_dir_of(err)
+    manifest = json.loads((build_dir / "manifest.json").read_text())
+    assert manifest["overlay"] is True and manifest["template_vmid"] == VMID and manifest["dialect"] == "bundled"
+    with testbed.enter():
+        cfg = testbed.proxmoxer().nodes(testbed.node).qemu(VMID).config.get()
+    assert json.loads(cfg["description"]) == manifest
+    assert cfg["template"] == 1 and cfg["serial0"] == "socket" and "nixgold" in cfg["tags"].split(";")
+    assert cfg["ide2"].startswith("none,media=cdrom") and "cloudinit" in "".join(str(v) for v in cfg.values())
+    assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", out), out
+    report = json.loads((build_dir / "build.json").read_text())
+    assert report["outcome"] == "built" and report["overlay"] is True
+    assert_no_secret(testbed, [out, err], build_dir)
+    print(f"stand-in build + verify: {wall:.0f}s; stages: {report['stages']}")
+
+
+@standin
+def test_failing_install_script_fails_the_build_naming_the_stage(testbed, before, standin_iso, tmp_path):
+    overlay = tmp_path / "overlay"
+    shutil.copytree(STANDIN, overlay)
+    (overlay / "http" / "install.sh").write_text("#!/bin/bash\necho 'install.sh: step partition failed' >&2\nexit 1\n")
+    config = write_config(tmp_path, testbed, iso=standin_iso, ssh_timeout="4m")
+    result = subprocess.run(invoke_argv(testbed), env=build_env(testbed, config, overlay), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == ExitCode.BUILD, result.stderr
+    assert "build failed during 'waiting for install/SSH': Timeout waiting for SSH." in result.stderr
+    assert "last packer output:" in result.stderr and "Deleting VM" in result.stderr
+    assert [v for v in vms(testbed) if int(v["vmid"]) not in before] == []
+    assert_no_secret(testbed, [result.stdout, result.stderr], build_dir_of(result.stderr))
