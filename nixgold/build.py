@@ -62,6 +62,8 @@ from .render_inputs import (BUILD_KEY_PUB, HTTP_DIR, PACKER_DIR, VAR_BUILD_ID, V
 log = logging.getLogger("nixgold.build")
 
 OVERLAY_ENV = "NIXGOLD_RENDER_OVERLAY"
+#: Packer 1.6.6's stepFinalizeISOTemplate error on PVE >= 7 (see Builder._packer166_unmount_bug).
+UNMOUNT_BUG = "Cannot eject ISO from cdrom drive, ide2 is not present, or not a cdrom media"
 HEARTBEAT = 300.0  # seconds between "still waiting" lines
 #: Environment variables never handed to Packer (it gets exactly the PKR_VAR_* it needs).
 _DROP_ENV_PREFIXES = ("PROXMOX_", "NIXGOLD_", "PKR_VAR_", "PACKER_LOG")
@@ -332,7 +334,16 @@ class Builder:
             raise Interrupted(f"interrupted by {sigs.received or outcome.interrupted_by} during "
                               f"'{tracker.failed_stage or tracker.current}'; Packer cleaned up"
                               + (" (killed)" if outcome.killed else "") + f"; no VM of build {self.build_id} is left")
-        if not outcome.ok or not tracker.artifact_id:
+        vmid_built: int | None = None
+        if self._packer166_unmount_bug(outcome):
+            # Packer 1.6.6 converted the VM and set name/description/cloud-init drive, then failed
+            # its ISO unmount: it checks that ide2 ENDS with "media=cdrom", but PVE >= 7 appends
+            # ",size=..." (packer-plugin-proxmox #83, #102; fixed there with Contains). The template
+            # is complete and Packer (state "success") kept it; nixgold unmounts the ISO itself.
+            self.say("packer: Packer 1.6.6 could not unmount the ISO (its ide2 check misses PVE's ',size=...', "
+                     "packer-plugin-proxmox #83); the template is complete, nixgold unmounts the ISO through the API")
+            vmid_built = config.template.vmid
+        elif not outcome.ok or not tracker.artifact_id:
             self._after_failure(outcome, interrupted=None)
             stage = tracker.failed_stage or tracker.current or "packer build"
             message = (tracker.errors[0] if tracker.errors else tracker.build_errors[0] if tracker.build_errors
@@ -346,7 +357,7 @@ class Builder:
                              stage=stage, tail=tracker.tail())
 
         # success
-        vmid = int(str(tracker.artifact_id).strip())
+        vmid = vmid_built if vmid_built is not None else int(str(tracker.artifact_id).strip())
         with self.progress.stage(f"checking template {vmid}: manifest, tags" + (", serial0" if dialect == "bundled" else "")):
             manifest, name, node = self._finish_template(vmid, inputs)
         result = BuildResult(build_id=self.build_id, build_dir=self.build_dir, dialect=dialect, vmid=vmid, name=name,
@@ -361,6 +372,13 @@ class Builder:
         return result
 
     # -- after the build -------------------------------------------------------------------------------------
+    def _packer166_unmount_bug(self, outcome: BuildOutcome) -> bool:
+        """The build's only error is Packer 1.6.6's ISO unmount check, after the conversion."""
+        tracker = outcome.tracker
+        return (self.dialect == "bundled" and not outcome.interrupted_by and bool(tracker.errors)
+                and all(UNMOUNT_BUG in e for e in tracker.errors)
+                and "Converting VM to template" in tracker.recent and not tracker.artifact_id)
+
     def _finish_template(self, vmid: int, inputs: Any) -> tuple[dict[str, Any], str, str]:
         client = self.client()
         res = client.find_vm(vmid)
@@ -391,6 +409,10 @@ class Builder:
             changes["tags"] = ";".join(dict.fromkeys([*have, *tags]))
         if self.dialect == "bundled" and cfg.get("serial0") != "socket":
             changes["serial0"] = "socket"
+        ide2 = str(cfg.get("ide2") or "")
+        if self.dialect == "bundled" and "media=cdrom" in ide2 and not ide2.startswith("none,") \
+                and "cloudinit" not in ide2:
+            changes["ide2"] = "none,media=cdrom"  # the installer ISO (Packer 1.6.6 could not unmount it)
         if changes:
             client.set_config(node, vmid, **changes)
         path = self.build_dir / "manifest.json"

@@ -225,3 +225,70 @@ def test_interrupt_is_forwarded_and_secrets_never_reach_argv(tmp_path):
     assert outcome.interrupted_by == "SIGINT" and outcome.tracker.interrupted and not outcome.ok
     assert len(argvs) >= 2 and any("packer" in a for a in argvs)
     assert not any(SECRET in a for a in argvs), argvs
+
+
+# --- Packer's environment and the build dir (nixgold.build helpers) --------------------------------------
+def test_packer_environment_holds_exactly_the_secrets_packer_needs(tmp_path):
+    from nixgold import buildkeys
+    from nixgold.build import packer_environment
+    from nixgold.config import Credentials
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("pem")
+    key = buildkeys.generate(tmp_path / "b", "bid")
+    assert key.private_key_file.stat().st_mode & 0o777 == 0o600 and key.private_key_file.is_absolute()
+    base = {"PATH": "/usr/bin", "PROXMOX_TOKEN_SECRET": "tok-secret", "PROXMOX_PASSWORD": "pw-secret",
+            "NIXGOLD_CONFIG": "/x", "PKR_VAR_other": "y", "PACKER_LOG": "1", "HOME": "/root"}
+    creds = Credentials(url="https://pve:8006/api2/json", token_id="u@pve!t", token_secret="tok-secret",
+                        username="u@pve", password="pw-secret", ca_bundle=str(ca))
+    env = packer_environment(base, dialect="bundled", creds=creds, key=key, build_id="bid", commit="abc",
+                             iso_url=None, iso_sha256=None)
+    assert env["PKR_VAR_proxmox_password"] == "pw-secret" and "PKR_VAR_proxmox_token" not in env
+    assert env["PKR_VAR_proxmox_username"] == "u@pve" and env["PKR_VAR_build_private_key_file"] == str(key.private_key_file)
+    assert env["SSL_CERT_FILE"] == str(ca.resolve()) and env["CHECKPOINT_DISABLE"] == "1"
+    assert not any(k.startswith(("PROXMOX_", "NIXGOLD_", "PACKER_LOG")) for k in env) and "PKR_VAR_other" not in env
+    assert "tok-secret" not in env.values()
+    plugin = packer_environment(base, dialect="plugin", creds=creds, key=key, build_id="bid", commit="abc",
+                                iso_url="https://x/n.iso", iso_sha256="a" * 64)
+    assert plugin["PKR_VAR_proxmox_token"] == "tok-secret" and plugin["PKR_VAR_proxmox_username"] == "u@pve!t"
+    assert plugin["PKR_VAR_build_public_key"] == key.public_key and "pw-secret" not in plugin.values()
+    assert plugin["PKR_VAR_iso_url"] == "https://x/n.iso"
+
+
+def test_overlay_replaces_rendered_files_keeping_modes(tmp_path):
+    from nixgold.build import apply_overlay
+
+    root, overlay = tmp_path / "root", tmp_path / "overlay"
+    (root / "http").mkdir(parents=True)
+    (root / "http" / "install.sh").write_text("nixos")
+    (overlay / "http").mkdir(parents=True)
+    (overlay / "packer").mkdir()
+    (overlay / "http" / "install.sh").write_text("debian")
+    (overlay / "http" / "install.sh").chmod(0o755)
+    (overlay / "packer" / "cleanup.sh").write_text("clean")
+    assert apply_overlay(root, overlay) == ["http/install.sh", "packer/cleanup.sh"]
+    assert (root / "http" / "install.sh").read_text() == "debian"
+    assert (root / "http" / "install.sh").stat().st_mode & 0o777 == 0o755
+    with pytest.raises(Exception, match="not a directory"):
+        apply_overlay(root, tmp_path / "missing")
+
+
+def test_packer_166_iso_unmount_bug_is_recognised_only_after_conversion():
+    from nixgold.build import UNMOUNT_BUG, Builder
+    from nixgold.packer import BuildOutcome
+
+    def outcome(*messages: tuple[str, str]) -> BuildOutcome:
+        t = StageTracker("bundled")
+        for i, (kind, text) in enumerate(messages):
+            t.feed(parse_line(f"{i},,ui,{kind},==> nixgold.proxmox.nixos: {text.replace(',', pk.COMMA)}"))
+        return BuildOutcome(exit_status=1, tracker=t)
+
+    builder = Builder.__new__(Builder)
+    builder.dialect = "bundled"
+    done = outcome(("say", "Stopping VM"), ("say", "Converting VM to template"),
+                   ("say", "Adding a cloud-init cdrom in storage pool local"), ("error", UNMOUNT_BUG))
+    assert builder._packer166_unmount_bug(done)
+    assert not builder._packer166_unmount_bug(outcome(("say", "Typing the boot command"), ("error", UNMOUNT_BUG)))
+    assert not builder._packer166_unmount_bug(outcome(("say", "Converting VM to template"), ("error", "other")))
+    builder.dialect = "plugin"
+    assert not builder._packer166_unmount_bug(done)
