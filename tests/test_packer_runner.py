@@ -292,3 +292,16 @@ def test_packer_166_iso_unmount_bug_is_recognised_only_after_conversion():
     assert not builder._packer166_unmount_bug(outcome(("say", "Converting VM to template"), ("error", "other")))
     builder.dialect = "plugin"
     assert not builder._packer166_unmount_bug(done)
+
+
+def test_real_complete_bundled_build_and_packer_166_unmount_bug():
+    from nixgold.build import UNMOUNT_BUG, Builder
+    from nixgold.packer import BuildOutcome
+
+    t = feed("proxmox-bundled-built-unmount-bug.log")
+    assert [s.name for s in t.spans] == [STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_INSTALL, STAGE_PROVISION,
+                                         STAGE_CONVERT]
+    assert t.errors == [UNMOUNT_BUG] and t.failed_stage == STAGE_CONVERT and t.artifact_id is None
+    builder = Builder.__new__(Builder)
+    builder.dialect = "bundled"
+    assert builder._packer166_unmount_bug(BuildOutcome(exit_status=1, tracker=t))
