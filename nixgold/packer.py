@@ -262,6 +262,8 @@ class StageTracker:
             return None
         if not line.is_ui:
             return None
+        if line.ui_text.lstrip("\n").startswith("--> "):
+            return None  # the end-of-run summary repeats each build's error or artifact
         message = line.message
         for text in line.ui_text.splitlines() or [""]:
             stripped = _PREFIX_RE.match(text.strip("\n"))
