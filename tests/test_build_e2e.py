@@ -231,7 +231,8 @@ def assert_no_secret(testbed: Any, texts: list[str], build_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- no installer
-def test_sigint_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before, dummy_iso, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before, dummy_iso, tmp_path, sig):
     config = write_config(tmp_path, testbed, iso=dummy_iso, boot_wait="2s", live_boot_wait="2s", ssh_timeout="10m")
     run = Running(invoke_argv(testbed), build_env(testbed, config), tmp_path)
     try:
@@ -240,22 +241,46 @@ def test_sigint_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before
         assert any("packer build -machine-readable" in a for a in argvs), argvs
         assert any(int(v["vmid"]) == VMID for v in vms(testbed))  # the build VM exists now
         time.sleep(2)
-        run.proc.send_signal(signal.SIGINT)
+        run.proc.send_signal(sig)
         rc = run.finish(timeout=300)
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
     assert rc == ExitCode.INTERRUPTED, run.err
     err = run.err
-    assert "SIGINT received: asking Packer to stop" in err
+    assert f"{sig.name} received: asking Packer to stop" in err
     assert "packer: Packer cleanup" in err and f"making sure no VM of build" in err
-    assert re.search(r"interrupted by SIGINT during 'waiting for install/SSH'; Packer cleaned up; no VM of build", err)
+    assert re.search(rf"interrupted by {sig.name} during 'waiting for install/SSH'; Packer cleaned up; no VM of build", err)
     assert [v for v in vms(testbed) if int(v["vmid"]) not in before] == []
     build_dir = build_dir_of(err)
     log = (build_dir / "packer.log").read_text()
     assert "Cancelling build after receiving interrupt" in log and "Deleting VM" in log
     assert (build_dir / "packer.log").stat().st_mode & 0o777 == 0o600
     assert_no_secret(testbed, [err, run.out, *argvs], build_dir)
+
+
+def test_keep_on_error_leaves_the_vm_and_says_how_to_inspect_it(testbed, before, dummy_iso, tmp_path):
+    config = write_config(tmp_path, testbed, iso=dummy_iso, boot_wait="2s", live_boot_wait="2s", ssh_timeout="40s")
+    result = subprocess.run(invoke_argv(testbed, "--keep-on-error"), env=build_env(testbed, config), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    try:
+        assert result.returncode == ExitCode.BUILD, result.stderr
+        err = result.stderr
+        assert "build failed during 'waiting for install/SSH': Timeout waiting for SSH." in err
+        assert f"the VM was kept for debugging (--keep-on-error): VM {VMID} on {testbed.node}" in err
+        assert f"qm terminal {VMID}" in err and f"qm destroy {VMID}" in err
+        assert "Deleting VM" not in err and "making sure no VM" not in err
+        (vm,) = [v for v in vms(testbed) if int(v["vmid"]) == VMID]
+        assert vm["name"] == "nixgold-e2e-building"
+        log = (build_dir_of(err) / "packer.log").read_text()
+        assert "-on-error=abort" in log
+        # the next build refuses to touch it without --replace, and names it
+        again = subprocess.run(invoke_argv(testbed), env=build_env(testbed, config), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == ExitCode.PREFLIGHT
+        assert f"vmid {VMID} holds VM 'nixgold-e2e-building' left by an earlier failed build" in again.stderr
+    finally:
+        remove_vm(testbed, VMID)
 
 
 def test_preflight_failure_exits_3_before_touching_the_cluster(testbed, before, dummy_iso, tmp_path):
