@@ -8,7 +8,7 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +133,21 @@ def test_checks_that_need_proxmox_fail_when_the_agent_does_not_answer(local_host
     table = by_key(run_checks(ctx_for("c1", agent=agent), []))
     assert table["agent.ping", "c1"].outcome == "failed"
     assert table["agent.ping", "c1"].reason == "agent ping failed: 500 QEMU guest agent is not running (vm 100)"
+
+
+def test_an_unreachable_clone_fails_fast_with_one_reason(tmp_path):
+    """Real paramiko, nothing listening: every check on that clone is an error at once, not a timeout each."""
+    from nixgold import sshkeys
+
+    key = sshkeys.generate("t", tmp_path)
+    clone = CloneTarget(vmid=100, name="gone", node="pve", address="127.0.0.1", ssh_user="nixgold",
+                        ssh_key_file=key.private_key_file, disk_bytes=1)
+    t0 = time.monotonic()
+    results = run_checks(ctx_for(agent=lambda vmid, cmd: {"id": "x"}, clones=(clone,)), [])
+    assert time.monotonic() - t0 < 60
+    errors = [r for r in results if r.outcome == "error"]
+    assert len(errors) >= 15 and {r.target for r in errors} <= {"gone", "clones"}
+    assert all(r.reason.startswith("ConnectionError: no SSH connection to nixgold@127.0.0.1: ") for r in errors)
 
 
 def test_describe_keeps_reasons_to_one_line():

@@ -45,9 +45,16 @@ def first_line(text: str | bytes | None, default: str = "") -> str:
     return default
 
 
+def last_line(text: str | bytes | None, default: str = "") -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return " ".join(lines[-1].split()) if lines else default
+
+
 def failure(result: Any) -> str:
-    """``exit N: <first line of stderr or stdout>`` for a failed command."""
-    return f"exit {result.rc}: {first_line(result.stderr) or first_line(result.stdout) or 'no output'}"
+    """``exit N: <last line of stderr, else of stdout>`` for a failed command (warnings come first)."""
+    return f"exit {result.rc}: {last_line(result.stderr) or last_line(result.stdout) or 'no output'}"
 
 
 def parse_key(line: str) -> tuple[str, str, str] | None:

@@ -127,6 +127,7 @@ class NixgoldMode(_Base):
         self.results: list[CheckResult] = []
         self._pending: dict[str, dict[str, Any]] = {}
         self._hosts: dict[str, Any] = {}
+        self._unreachable: dict[str, str] = {}  # clone name -> why the first connection failed
         self._tmp = tempfile.TemporaryDirectory(prefix="nixgold-checks-")
         # testinfra's paramiko backend honours StrictHostKeyChecking=no from an ssh_config (and
         # then ignores ~/.ssh/config): the clones are new machines with new host keys.
@@ -158,15 +159,28 @@ class NixgoldMode(_Base):
     def ctx(self) -> CheckContext:
         return self.context
 
+    def connected(self, clone: CloneTarget) -> Any:
+        """The clone's host, connected; one failed connection fails every later check of that clone at once."""
+        if clone.name in self._unreachable:
+            raise ConnectionError(self._unreachable[clone.name])
+        host = self.host_for(clone)
+        try:
+            if hasattr(type(host.backend), "client"):
+                host.backend.client  # noqa: B018 - testinfra's paramiko backend connects on first use
+        except Exception as exc:
+            self._unreachable[clone.name] = f"no SSH connection to {clone.ssh_user}@{clone.address}: {describe(exc)}"
+            raise ConnectionError(self._unreachable[clone.name]) from None
+        return host
+
     @pytest.fixture
     def host(self, clone: CloneTarget) -> Any:
-        return self.host_for(clone)
+        return self.connected(clone)
 
     @pytest.fixture
     def clones(self) -> tuple[CloneHost, ...]:
         if not self.context.clones:
             pytest.skip("no clones")
-        return tuple(CloneHost(c, self.host_for(c)) for c in self.context.clones)
+        return tuple(CloneHost(c, self.connected(c)) for c in self.context.clones)
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "clone" in metafunc.fixturenames:
