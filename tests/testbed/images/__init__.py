@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "CHECK_VARIANTS": "build",
     "CMDLINE": "build",
     "DISK_SIZE": "build",
     "ROOT_LABEL": "build",
@@ -36,6 +37,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from .base import ImageBuildError, debian_mirror, default_cache_dir
     from .build import (
+        CHECK_VARIANTS,
         CMDLINE,
         DISK_SIZE,
         ROOT_LABEL,

@@ -39,6 +39,7 @@ __all__ = [
     "CMDLINE",
     "DISK_SIZE",
     "ROOT_LABEL",
+    "CHECK_VARIANTS",
     "VARIANTS",
     "ImageBuildError",
     "ImageInfo",
@@ -60,6 +61,11 @@ DISK_SIGNATURE = 0x6E697867  # MBR disk identifier ("nixg")
 # net.ifnames=0: the NIC is eth0, as in Proxmox's cloud-init network config.
 CMDLINE = f"root=LABEL={ROOT_LABEL} ro console=tty0 console=ttyS0,115200 net.ifnames=0"
 BAKED_MACHINE_ID = "5eed5eed5eed5eed5eed5eed5eed5eed"
+# A build key left in root's authorized_keys (public half only; the private half was never kept).
+LEFT_BUILD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICsrv4C9jQWgQR5/SlIEf7Du8qdtG8F5Omn43kLhBE4B nixgold-build-testbed"
+# crypt(3) SHA-512 of a throwaway password: root can log in on the console with it.
+ROOT_PASSWORD_HASH = "$6$nixgoldtestbed$RqfJ5LqN7C5tmdF04JWMdnwRC4tb7vCFWl8emLYV5dGHGdYoHnC248DLIp0SggsqvAReaXRI3W5rW7K2U.u/1/"
+NIXOS_LIKE_VERSION = "26.05.20261101.0000000 (Stand-in)"
 TYPED_LINES_LOG = "/var/log/typed-lines.log"
 
 
@@ -74,6 +80,13 @@ class Variant:
     machine_id: str = ""  # "" = zero-length /etc/machine-id (regenerated per boot of a clone)
     keep_host_keys: bool = False
     cloud_init_fails: bool = False
+    # switches for nixgold.checks' negative tests (CHECK_VARIANTS)
+    preserve_hostname: bool = False  # cloud-init leaves the hostname alone (stays localhost)
+    grow_root: bool = True  # cloud-init growpart + resizefs
+    build_key: str = ""  # a public key left in /root/.ssh/authorized_keys
+    root_password_hash: str = ""  # root gets this password instead of a locked one
+    nixos_like: bool = False  # /etc/NIXOS, nixos-version, /etc/nixos/configuration.nix (+ nix-bin)
+    extra_packages: tuple[str, ...] = ()  # on top of base.PACKAGES (another cached base tree)
 
     def switches(self) -> dict:
         d = dataclasses.asdict(self)
@@ -113,6 +126,35 @@ VARIANTS: Mapping[str, Variant] = {
     )
 }
 
+# Variants for nixgold.checks' own tests (tests/test_checks_vm.py), kept apart from VARIANTS (the
+# verifier negatives that tests/test_testbed_images.py boots one by one).
+CHECK_VARIANTS: Mapping[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant(
+            "nixos-like",
+            "good plus what the NixOS checks look at: /etc/NIXOS, a nixos-version script, "
+            "/etc/nixos/configuration.nix and Debian's nix-bin (nix-instantiate works as root)",
+            nixos_like=True,
+            extra_packages=("nix-bin", "libdbi-perl"),  # libdbi-perl: the virtual perl-dbdabi-94
+        ),
+        Variant(
+            "defects",
+            "independent defects in one boot: hostname kept (preserve_hostname), root file system not grown "
+            "(growpart/resizefs off), a build key left in root's authorized_keys, a root password set",
+            preserve_hostname=True,
+            grow_root=False,
+            build_key=LEFT_BUILD_KEY,
+            root_password_hash=ROOT_PASSWORD_HASH,
+        ),
+    )
+}
+_ALL_VARIANTS: Mapping[str, Variant] = {**VARIANTS, **CHECK_VARIANTS}
+
+
+def _packages(v: Variant, packages: Sequence[str] | None = None) -> tuple[str, ...]:
+    return (*(packages if packages is not None else base.PACKAGES), *v.extra_packages)
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -140,9 +182,9 @@ def _variant(variant: str | Variant) -> Variant:
     if isinstance(variant, Variant):
         return variant
     try:
-        return VARIANTS[variant]
+        return _ALL_VARIANTS[variant]
     except KeyError:
-        raise ValueError(f"unknown image variant {variant!r}; known: {', '.join(VARIANTS)}") from None
+        raise ValueError(f"unknown image variant {variant!r}; known: {', '.join(_ALL_VARIANTS)}") from None
 
 
 def _source_digest() -> str:
@@ -162,7 +204,7 @@ def recipe_hash(
     mirror, package list), the variant's switches, the builder source and layout."""
     v = _variant(variant)
     payload = {
-        "base": base.base_hash(packages=packages, suite=suite, mirror=mirror),
+        "base": base.base_hash(packages=_packages(v, packages), suite=suite, mirror=mirror),
         "switches": v.switches(),
         "source": _source_digest(),
         "disk_size": DISK_SIZE,
@@ -238,13 +280,14 @@ def prune_cache(cache_dir: Path | str | None = None, log: Log | None = print) ->
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if not cache.is_dir():
         return []
-    keep = {f"{name}-{recipe_hash(name)}" for name in VARIANTS} | {f"base-{base.base_hash()}"}
+    keep = {f"{name}-{recipe_hash(name)}" for name in _ALL_VARIANTS}
+    keep |= {f"base-{base.base_hash(packages=_packages(v))}" for v in _ALL_VARIANTS.values()}
     removed = []
     for entry in sorted(cache.iterdir()):
         if entry.name in keep or entry.name == ".locks" or not entry.is_dir():
             continue
         stale_tmp = entry.name.startswith(".tmp-") and time.time() - entry.stat().st_mtime > 3600
-        ours = entry.name.startswith("base-") or any(entry.name.startswith(f"{n}-") for n in VARIANTS)
+        ours = entry.name.startswith("base-") or any(entry.name.startswith(f"{n}-") for n in _ALL_VARIANTS)
         if stale_tmp or (ours and not entry.name.startswith(".")):
             base.safe_rmtree(entry)
             removed.append(entry)
@@ -261,7 +304,7 @@ def _build(v: Variant, rh: str, cache: Path, final: Path, log: Log, t0: float) -
     for tool in ("mke2fs", "qemu-img", "tar", "chroot"):
         if shutil.which(tool) is None:
             raise ImageBuildError(f"{tool} not found (see tests/testbed/images/README)")
-    tarball, base_meta = base.ensure_base(cache, log)
+    tarball, base_meta = base.ensure_base(cache, log, packages=_packages(v))
     stage(f"base tree ready: {tarball}")
     scratch = Path(tempfile.mkdtemp(prefix=f"nixgold-image-{v.name}-", dir=base.work_root()))
     out = Path(tempfile.mkdtemp(prefix=f".tmp-{v.name}-{rh}-", dir=cache))
@@ -530,6 +573,20 @@ def configure_tree(root: Path, v: Variant) -> None:
         # The keys debootstrap's openssh-server postinst generated stay, and
         # cloud-init (ssh_deletekeys defaults to true) must not replace them.
         _write(root, "etc/cloud/cloud.cfg.d/95_keep_host_keys.cfg", "ssh_deletekeys: false\n")
+    if v.preserve_hostname:
+        _write(root, "etc/cloud/cloud.cfg.d/95_preserve_hostname.cfg", "preserve_hostname: true\n")
+    if not v.grow_root:
+        _write(root, "etc/cloud/cloud.cfg.d/95_no_grow.cfg", "growpart:\n  mode: 'off'\nresize_rootfs: false\n")
+    if v.build_key:
+        _write(root, "root/.ssh/authorized_keys", v.build_key + "\n", 0o600)
+        os.chmod(root / "root/.ssh", 0o700)
+    if v.root_password_hash:
+        chroot(root, "usermod", "-p", v.root_password_hash, "root")
+    if v.nixos_like:
+        _write(root, "etc/NIXOS", "")
+        _write(root, "usr/local/bin/nixos-version", f"#!/bin/sh\necho '{NIXOS_LIKE_VERSION}'\n", 0o755)
+        _write(root, "etc/nixos/configuration.nix",
+               "# nixgold test bed (nixos-like): a stand-in, not a NixOS system\n{ ... }:\n{\n}\n")
     if v.cloud_init_fails:
         _write(
             root,
@@ -604,7 +661,7 @@ def make_disk(root: Path, raw: Path) -> None:
 # ---------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.testbed.images.build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", action="append", choices=list(VARIANTS), help="repeatable; default: good")
+    parser.add_argument("--variant", action="append", choices=list(_ALL_VARIANTS), help="repeatable; default: good")
     parser.add_argument("--all", action="store_true", help="build every variant")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -615,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prune_cache(args.cache_dir)
         if not (args.variant or args.all):
             return 0
-    names = list(VARIANTS) if args.all else (args.variant or ["good"])
+    names = list(_ALL_VARIANTS) if args.all else (args.variant or ["good"])
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if args.json else (lambda m: print(m, flush=True))
     infos = []
     for name in names:
