@@ -213,8 +213,13 @@ def test_wrong_password_is_a_preflight_error(bed):
 def test_vmid_taken_by_a_foreign_vm(bed):
     with bed.enter():
         bed.sim_admin.take_vmid(9151)
-    with pytest.raises(PreflightError) as info:
-        preflight(bed, cfg(**{"template.vmid": 9151}), creds_for(bed, "pfbuild@pve", "pf-Secret-pw1"), replace=True)
+    try:
+        with pytest.raises(PreflightError) as info:
+            preflight(bed, cfg(**{"template.vmid": 9151}), creds_for(bed, "pfbuild@pve", "pf-Secret-pw1"),
+                      replace=True)
+    finally:
+        with bed.enter():
+            bed.destroy_vm(9151)  # the bed is shared by the session: leave nothing behind
     assert "vmid 9151 is taken by VM 'other-client' on pve, which nixgold did not build" in str(info.value)
     assert "nixgold never replaces a VM it did not build" in str(info.value)
 

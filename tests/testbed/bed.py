@@ -356,6 +356,16 @@ class Testbed:
                                + "\n".join(line["t"] for line in log_lines))
         return status
 
+    def destroy_vm(self, vmid: int) -> None:
+        """Stop (if running) and purge a VM; nothing if it does not exist (use inside :meth:`enter`)."""
+        prox = self.proxmoxer()
+        if not self._vm_exists(vmid):
+            return
+        vm = prox.nodes(self.node).qemu(vmid)
+        if vm.status.current.get().get("status") != "stopped":
+            self._wait(prox, vm.status.stop.post(), 120)
+        self._wait(prox, vm.delete(purge=1), 120)
+
     def import_variant(self, variant: str, vmid: int, *, name: str | None = None,
                        description: str | None = None) -> int:
         from .images import build_image
