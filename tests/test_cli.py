@@ -33,7 +33,8 @@ def workdir(tmp_path: Path) -> Path:
 def test_list_shows_every_task_with_help() -> None:
     result = run(["--list"], REPO)
     assert result.returncode == 0
-    for name in ("build-template", "render", "config", "lock", "verify"):
+    for name in ("build-template", "render", "config", "lock", "verify", "testbed.up", "testbed.import",
+                 "testbed.down"):
         assert name in result.stdout
     helped = run(["--help", "build-template"], REPO)
     assert "--dry-run" in helped.stdout and "--set" in helped.stdout
