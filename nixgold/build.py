@@ -322,7 +322,8 @@ class Builder:
         sigs = _Signals(runner, self.say)
         with sigs.installed():
             outcome = runner.build(template_dir, dialect=dialect, on_error=on_error, on_stage=self._stage_line,
-                                   on_error_line=lambda line: self.say(f"packer error: {line}"), on_tick=self._tick,
+                                   on_error_line=lambda line: self.say(f"packer error: {line}"),
+                                   on_guest_line=lambda line: self.say(f"guest: {line}"), on_tick=self._tick,
                                    cleanup_timeout=self.options.cleanup_timeout)
         tracker = outcome.tracker
         if tracker.spans:

@@ -116,6 +116,8 @@ STAGE_RULES: dict[str, tuple[StageRule, ...]] = {"bundled": BUNDLED_RULES, "plug
 _CLEANUP_RE = re.compile(r"^(Stopping VM|Deleting VM)$")
 _INTERRUPT_RE = re.compile(r"^Cancelling build after receiving interrupt|^Interrupt received")
 #: Summary lines that say nothing about the failure.
+# ui,error lines during provisioning that are Packer's own (the rest is the script's stderr).
+_PACKER_ERROR_RE = re.compile(r"^(?:==> |--> )?(?:[\w.-]+: )?(?:Error |Script exited with non-zero)")
 _NOISE_RE = re.compile(r"^(?:==> |--> )?(Wait completed after|Builds finished|Some builds didn't complete|Build '.*' (finished|errored)"
                        r"|Cleanly cancelled builds)")
 
@@ -227,6 +229,10 @@ class StageTracker:
     failed_stage: str | None = None
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)  # ui,error messages (decoded, redacted)
+    # What a provisioner's script wrote to stderr: Packer shows it as ui,error too, but it is the
+    # guest's output (cleanup.sh logs its steps there), not a Packer error.
+    guest_stderr: list[str] = field(default_factory=list)
+    last_error_was_guest: bool = False
     build_errors: list[str] = field(default_factory=list)  # "error" lines: the build's final error
     artifact: dict[str, str] = field(default_factory=dict)
     recent: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
@@ -259,6 +265,8 @@ class StageTracker:
             return None
         if line.type == "error" and line.data:
             self.build_errors.append(self.redact(line.data[0]))
+            if self.failed_stage is None and not self.interrupted:
+                self.failed_stage = self.current
             return None
         if not line.is_ui:
             return None
@@ -278,6 +286,10 @@ class StageTracker:
                 self.interrupted = True
                 if self.failed_stage is None:
                     self.failed_stage = self.current
+                return None
+            self.last_error_was_guest = self.current == STAGE_PROVISION and not _PACKER_ERROR_RE.match(message)
+            if self.last_error_was_guest:
+                self.guest_stderr.append(self.redact(message))
                 return None
             if not _NOISE_RE.match(message):
                 self.errors.append(self.redact(message))
@@ -416,6 +428,7 @@ class PackerRunner:
     def build(self, template_dir: Path, *, dialect: str, on_error: str = "cleanup",
               on_stage: Callable[[StageSpan | None, StageSpan], None] | None = None,
               on_error_line: Callable[[str], None] | None = None,
+              on_guest_line: Callable[[str], None] | None = None,
               on_tick: Callable[[StageTracker], None] | None = None,
               cleanup_timeout: float = 900.0, clock: Callable[[], float] = time.monotonic) -> BuildOutcome:
         """`packer build` under pexpect; returns when Packer exits (after its cleanup, if interrupted)."""
@@ -439,11 +452,11 @@ class PackerRunner:
             while True:
                 index = child.expect(["\r?\n", pexpect.EOF, pexpect.TIMEOUT], timeout=1.0)
                 if index == 0:
-                    self._line(child.before, tracker, on_stage, on_error_line)
+                    self._line(child.before, tracker, on_stage, on_error_line, on_guest_line)
                     continue
                 if index == 1:
                     if child.before:
-                        self._line(child.before, tracker, on_stage, on_error_line)
+                        self._line(child.before, tracker, on_stage, on_error_line, on_guest_line)
                     break
                 if self.interrupts and interrupted_at is None:
                     interrupted_at = clock()
@@ -478,7 +491,8 @@ class PackerRunner:
                             killed=killed, seconds=clock() - started)
 
     def _line(self, raw: str, tracker: StageTracker, on_stage: Callable[..., None] | None,
-              on_error_line: Callable[[str], None] | None) -> None:
+              on_error_line: Callable[[str], None] | None,
+              on_guest_line: Callable[[str], None] | None = None) -> None:
         raw = raw.rstrip("\r")
         if not raw:
             return
@@ -489,7 +503,11 @@ class PackerRunner:
         change = tracker.feed(parsed)
         if change is not None and on_stage:
             on_stage(*change)
-        if parsed.ui_kind == "error" and on_error_line:
+        if parsed.ui_kind == "error" and tracker.last_error_was_guest:
+            tracker.last_error_was_guest = False
+            if on_guest_line:
+                on_guest_line(self.redact(parsed.message.strip()))
+        elif parsed.ui_kind == "error" and on_error_line:
             message = parsed.message.strip()
             if message and not _NOISE_RE.match(message) and message not in self._shown_errors:
                 self._shown_errors.add(message)

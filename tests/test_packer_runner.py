@@ -305,3 +305,35 @@ def test_real_complete_bundled_build_and_packer_166_unmount_bug():
     builder = Builder.__new__(Builder)
     builder.dialect = "bundled"
     assert builder._packer166_unmount_bug(BuildOutcome(exit_status=1, tracker=t))
+
+
+def test_a_provisioner_scripts_stderr_is_guest_output_not_a_packer_error():
+    """Real output: cleanup.sh logs on stderr, which Packer 1.6.6 prints as ui,error."""
+    from nixgold.build import UNMOUNT_BUG, Builder
+    from nixgold.packer import BuildOutcome
+
+    t = feed("proxmox-bundled-standin-cleanup-stderr.log")
+    assert any("nixgold-cleanup: step 1: reset cloud-init" in line for line in t.guest_stderr)
+    assert any("nixgold-cleanup: cleanup finished" in line for line in t.guest_stderr)
+    assert t.errors == [UNMOUNT_BUG] and t.failed_stage == STAGE_CONVERT
+    builder = Builder.__new__(Builder)
+    builder.dialect = "bundled"
+    assert builder._packer166_unmount_bug(BuildOutcome(exit_status=1, tracker=t))
+
+
+def test_a_failing_provisioner_fails_the_provisioning_stage():
+    def line(i: int, kind: str, text: str) -> str:
+        return f"{i},,ui,{kind},==> nixgold.proxmox.nixos: {text.replace(',', pk.COMMA)}"
+
+    t = StageTracker("bundled")
+    for i, raw in enumerate([
+        line(1, "say", "Connected to SSH!"),
+        line(2, "say", "Provisioning with shell script: /tmp/cleanup.sh"),
+        line(3, "error", "nixgold-cleanup: step 1: reset cloud-init"),
+        line(4, "error", "cloud-init: command not found"),
+        f"5,,error,Script exited with non-zero exit status: 127.Allowed exit codes are: [0]",
+    ]):
+        t.feed(parse_line(raw))
+    assert t.guest_stderr == ["nixgold-cleanup: step 1: reset cloud-init", "cloud-init: command not found"]
+    assert t.errors == [] and t.failed_stage == STAGE_PROVISION
+    assert t.build_errors == ["Script exited with non-zero exit status: 127.Allowed exit codes are: [0]"]

@@ -38,8 +38,11 @@ NIC_DEVICES = {
     "i82557b": "i82557b", "i82559er": "i82559er", "e1000-82540em": "e1000-82540em",
     "e1000-82544gc": "e1000-82544gc", "e1000-82545em": "e1000-82545em",
 }
-# Every PVE CPU type becomes this TCG model (x86-64-v2 + AES, like PVE's default x86-64-v2-AES).
-TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+aes"
+# Every PVE CPU type becomes this TCG model: x86-64-v2 like PVE's default x86-64-v2-AES, but
+# without AES-NI. With +aes, udev loads aesni_intel for cpu0 at boot, its crypto self-test oopses
+# under TCG ("cryptomgr_test exited with preempt_count 2") and leaves a udev worker hung: every
+# guest shutdown then waits out systemd's 90 s stop timeout and PVE's 60 s shutdown fails.
+TCG_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"
 SCSI_CONTROLLERS = {"lsi": "lsi", "lsi53c810": "lsi53c810", "megasas": "megasas", "pvscsi": "pvscsi",
                     "virtio-scsi-pci": "virtio-scsi-pci", "virtio-scsi-single": "virtio-scsi-pci"}
 
