@@ -34,7 +34,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep-bed", action="store_true", help="leave the test bed up afterwards")
     parser.add_argument("--verify", action="store_true", help="also run --verify (generic profile, 1 clone)")
-    parser.add_argument("--live-boot-wait", default="40s")
+    parser.add_argument("--live-boot-wait", default="120s")
     parser.add_argument("--key-interval", default="10ms")
     args = parser.parse_args()
 
