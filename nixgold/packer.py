@@ -232,7 +232,6 @@ class StageTracker:
     # What a provisioner's script wrote to stderr: Packer shows it as ui,error too, but it is the
     # guest's output (cleanup.sh logs its steps there), not a Packer error.
     guest_stderr: list[str] = field(default_factory=list)
-    last_error_was_guest: bool = False
     build_errors: list[str] = field(default_factory=list)  # "error" lines: the build's final error
     artifact: dict[str, str] = field(default_factory=dict)
     recent: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=60))
@@ -244,6 +243,11 @@ class StageTracker:
     @property
     def current(self) -> str | None:
         return self.spans[-1].name if self.spans else None
+
+    def is_guest_stderr(self, line: MachineLine) -> bool:
+        """A ui,error line that is a provisioner script's stderr, not Packer's own error."""
+        return (line.ui_kind == "error" and self.current == STAGE_PROVISION
+                and not _PACKER_ERROR_RE.match(line.message))
 
     def start(self, name: str) -> tuple[StageSpan | None, StageSpan]:
         now = self.clock()
@@ -287,8 +291,7 @@ class StageTracker:
                 if self.failed_stage is None:
                     self.failed_stage = self.current
                 return None
-            self.last_error_was_guest = self.current == STAGE_PROVISION and not _PACKER_ERROR_RE.match(message)
-            if self.last_error_was_guest:
+            if self.is_guest_stderr(line):
                 self.guest_stderr.append(self.redact(message))
                 return None
             if not _NOISE_RE.match(message):
@@ -503,8 +506,7 @@ class PackerRunner:
         change = tracker.feed(parsed)
         if change is not None and on_stage:
             on_stage(*change)
-        if parsed.ui_kind == "error" and tracker.last_error_was_guest:
-            tracker.last_error_was_guest = False
+        if tracker.is_guest_stderr(parsed):  # error lines never change the stage: same answer as in feed
             if on_guest_line:
                 on_guest_line(self.redact(parsed.message.strip()))
         elif parsed.ui_kind == "error" and on_error_line:
