@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ from typing import Any
 import pytest
 
 from nixgold.errors import ExitCode
+from tests.helpers import procs
+from tests.helpers.background import BackgroundRun
 
 pytestmark = pytest.mark.vm
 
@@ -121,18 +122,12 @@ def upload_iso(testbed: Any, path: Path, name: str) -> None:
 
 def vms(testbed: Any) -> list[dict[str, Any]]:
     with testbed.enter():
-        return testbed.proxmoxer().cluster.resources.get(type="vm")
+        return testbed.all_vms()
 
 
 def remove_vm(testbed: Any, vmid: int) -> None:
     with testbed.enter():
-        prox = testbed.root_api()
-        node = prox.nodes(testbed.node)
-        if not any(int(v["vmid"]) == vmid for v in prox.cluster.resources.get(type="vm")):
-            return
-        if node.qemu(vmid).status.current.get()["status"] != "stopped":
-            testbed._wait(prox, node.qemu(vmid).status.stop.post())
-        testbed._wait(prox, node.qemu(vmid).delete(purge=1, **{"destroy-unreferenced-disks": 1}))
+        testbed.destroy_vm(vmid)
 
 
 @pytest.fixture(autouse=True)
@@ -153,65 +148,6 @@ def dummy_iso(testbed, tmp_path_factory) -> str:
     subprocess.run(["genisoimage", "-quiet", "-V", "NOBOOT", "-o", str(iso), str(src)], check=True)
     upload_iso(testbed, iso, DUMMY_ISO)
     return DUMMY_ISO
-
-
-class Running:
-    """`invoke build-template` in the background, stderr collected line by line."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path):
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.out = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(re.search(pattern, line) for line in self.lines):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(f"{pattern!r} not seen; stderr so far:\n{''.join(self.lines)}")
-
-    def finish(self, timeout: float) -> int:
-        assert self.proc.stdout is not None
-        self.out = self.proc.stdout.read()
-        rc = self.proc.wait(timeout)
-        self._reader.join(10)
-        return rc
-
-    @property
-    def err(self) -> str:
-        return "".join(self.lines)
-
-
-def packer_argvs(root_pid: int) -> list[str]:
-    """argv of every process below ``root_pid`` (Packer and its plugin processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        for child in children.get(pid, []):
-            todo.append(child)
-            try:
-                out.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                pass
-    return out
 
 
 def build_dir_of(text: str) -> Path:
@@ -239,10 +175,10 @@ def assert_no_secret(testbed: Any, texts: list[str], build_dir: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before, dummy_iso, tmp_path, sig):
     config = write_config(tmp_path, testbed, iso=dummy_iso, boot_wait="2s", live_boot_wait="2s", ssh_timeout="10m")
-    run = Running(invoke_argv(testbed), build_env(testbed, config), tmp_path)
+    run = BackgroundRun(invoke_argv(testbed), build_env(testbed, config), tmp_path)
     try:
         run.wait_for(r"packer: waiting for install/SSH", timeout=300)
-        argvs = packer_argvs(run.proc.pid)
+        argvs = procs.argvs(procs.descendants(run.proc.pid))
         assert any("packer build -machine-readable" in a for a in argvs), argvs
         assert any(int(v["vmid"]) == VMID for v in vms(testbed))  # the build VM exists now
         time.sleep(2)
@@ -254,7 +190,7 @@ def test_signal_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before
     assert rc == ExitCode.INTERRUPTED, run.err
     err = run.err
     assert f"{sig.name} received: asking Packer to stop" in err
-    assert "packer: Packer cleanup" in err and f"making sure no VM of build" in err
+    assert "packer: Packer cleanup" in err and "making sure no VM of build" in err
     assert re.search(rf"interrupted by {sig.name} during 'waiting for install/SSH'; Packer cleaned up; no VM of build", err)
     assert [v for v in vms(testbed) if int(v["vmid"]) not in before] == []
     build_dir = build_dir_of(err)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nixgold import packer as pk
+from tests.helpers import procs
 from nixgold.errors import BuildError
 from nixgold.packer import (STAGE_BOOT_WAIT, STAGE_CLEANUP, STAGE_CONVERT, STAGE_CREATE, STAGE_INSTALL, STAGE_ORDER,
                             STAGE_PROVISION, STAGE_TYPING, PackerRunner, Redactor, StageTracker, parse_line, stage_for)
@@ -180,22 +181,6 @@ def test_runner_failure_and_validate_error(tmp_path):
     assert info.value.stage == "validating the template"
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-                if ppid == parent:
-                    out.append(int(entry.name))
-                    todo.append(int(entry.name))
-    return out
-
-
 @needs_packer
 def test_interrupt_is_forwarded_and_secrets_never_reach_argv(tmp_path):
     shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
@@ -209,11 +194,7 @@ def test_interrupt_is_forwarded_and_secrets_never_reach_argv(tmp_path):
         time.sleep(1.5)  # the provisioner is sleeping now
         pid = runner.pid
         assert pid is not None
-        for p in [pid, *_descendants(pid)]:
-            try:
-                argvs.append(Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except OSError:
-                pass
+        argvs.extend(procs.argvs([pid, *procs.descendants(pid)]))
         runner.interrupt("SIGINT")
 
     thread = threading.Thread(target=watch)
@@ -331,7 +312,7 @@ def test_a_failing_provisioner_fails_the_provisioning_stage():
         line(2, "say", "Provisioning with shell script: /tmp/cleanup.sh"),
         line(3, "error", "nixgold-cleanup: step 1: reset cloud-init"),
         line(4, "error", "cloud-init: command not found"),
-        f"5,,error,Script exited with non-zero exit status: 127.Allowed exit codes are: [0]",
+        "5,,error,Script exited with non-zero exit status: 127.Allowed exit codes are: [0]",
     ]):
         t.feed(parse_line(raw))
     assert t.guest_stderr == ["nixgold-cleanup: step 1: reset cloud-init", "cloud-init: command not found"]

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -27,6 +26,7 @@ import paramiko
 import pytest
 
 from nixgold.errors import ExitCode
+from tests.helpers.background import BackgroundRun
 
 pytestmark = pytest.mark.vm
 
@@ -63,22 +63,13 @@ def verify_vms(testbed: Any) -> list[dict[str, Any]]:
 
 
 def remove_vm(testbed: Any, vmid: int) -> None:
-    from nixgold.config import Credentials
-    from nixgold.proxmox import ProxmoxClient
-
     with testbed.enter():
-        client = ProxmoxClient(Credentials(url=testbed.url, token_id=testbed.token_id,
-                                           token_secret=testbed.token_secret, ca_bundle=str(testbed.ca_path)))
-        if client.find_vm(vmid) is None:
-            return
-        if client.vm_status("pve", vmid)["status"] != "stopped":
-            client.wait_task(client.stop("pve", vmid), 60)
-        client.wait_task(client.destroy("pve", vmid), 60)
+        testbed.destroy_vm(vmid)
 
 
 def _all_vms(testbed: Any) -> list[dict[str, Any]]:
     with testbed.enter():
-        return testbed.proxmoxer().cluster.resources.get(type="vm")
+        return testbed.all_vms()
 
 
 @pytest.fixture(autouse=True)
@@ -181,50 +172,12 @@ def test_keep_leaves_the_clone_and_prints_how_to_reach_it(testbed, before):
 
 
 # ------------------------------------------------------------------------------- failing
-class Running:
-    """`invoke verify` in the background, its stderr collected line by line."""
-
-    def __init__(self, testbed: Any, *args: str):
-        self.proc = subprocess.Popen(argv(testbed, *args), env=env(testbed), cwd=REPO, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.out = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(re.search(pattern, line) for line in self.lines):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"{pattern!r} not seen; stderr so far:\n{''.join(self.lines)}")
-
-    def finish(self, timeout: float = 300) -> int:
-        assert self.proc.stdout is not None
-        self.out = self.proc.stdout.read()
-        rc = self.proc.wait(timeout)
-        self._reader.join(10)
-        return rc
-
-    @property
-    def err(self) -> str:
-        return "".join(self.lines)
-
-
 @pytest.mark.parametrize("sig, when", [(signal.SIGINT, "booting"), (signal.SIGTERM, "clone task running")])
 def test_a_signal_destroys_every_clone_and_exits_130(testbed, before, sig, when):
     if when == "clone task running":
         with testbed.enter():  # the second clone's task sleeps while its config says 'lock: clone'
             testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=8, nth=2)
-    run = Running(testbed, "--vmid", str(TEMPLATE), "--profile", "generic")
+    run = BackgroundRun(argv(testbed, "--vmid", str(TEMPLATE), "--profile", "generic"), env(testbed), REPO)
     try:
         if when == "booting":
             run.wait_for(r"booting 2 clones")

@@ -356,15 +356,20 @@ class Testbed:
                                + "\n".join(line["t"] for line in log_lines))
         return status
 
+    def all_vms(self) -> list[dict[str, Any]]:
+        """Every VM of the cluster (``cluster/resources``; use inside :meth:`enter`)."""
+        return self.proxmoxer().cluster.resources.get(type="vm")
+
     def destroy_vm(self, vmid: int) -> None:
-        """Stop (if running) and purge a VM; nothing if it does not exist (use inside :meth:`enter`)."""
-        prox = self.proxmoxer()
+        """Stop (if running) and purge a VM as root; nothing if it does not exist (use inside
+        :meth:`enter`). For tests cleaning up after themselves."""
         if not self._vm_exists(vmid):
             return
+        prox = self.root_api()
         vm = prox.nodes(self.node).qemu(vmid)
         if vm.status.current.get().get("status") != "stopped":
             self._wait(prox, vm.status.stop.post(), 120)
-        self._wait(prox, vm.delete(purge=1), 120)
+        self._wait(prox, vm.delete(purge=1, **{"destroy-unreferenced-disks": 1}), 120)
 
     def import_variant(self, variant: str, vmid: int, *, name: str | None = None,
                        description: str | None = None) -> int:
