@@ -184,6 +184,16 @@ def safe_rmtree(path: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
+def publish(out: Path, final: Path, meta_name: str, meta: dict) -> None:
+    """Finish a cache entry: write its metadata file into ``out``, then move ``out`` to ``final``
+    in one rename (replacing a stale entry), so readers see a complete entry or none."""
+    (out / meta_name).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.chmod(out, 0o755)
+    if final.exists():
+        safe_rmtree(final)
+    os.rename(out, final)
+
+
 def work_root(min_free: int = 3 << 30) -> Path | None:
     """A RAM-backed scratch directory (dpkg's fsyncs cost nothing there), if big enough."""
     shm = Path("/dev/shm")
@@ -336,12 +346,8 @@ def _build_base(cache_dir: Path, final: Path, h: str, packages: tuple[str, ...],
             "build_seconds": round(time.monotonic() - t0, 1),
             "build_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (out / "base.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         size_mib = tarball.stat().st_size >> 20
-        os.chmod(out, 0o755)
-        if final.exists():
-            safe_rmtree(final)
-        os.rename(out, final)
+        publish(out, final, "base.json", meta)
         log(f"[base {h}] cached {final} ({size_mib} MiB, {time.monotonic() - t0:.1f}s)")
         return final / tarball.name, meta
     finally:

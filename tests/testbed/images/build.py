@@ -360,11 +360,7 @@ def _build(v: Variant, rh: str, cache: Path, final: Path, log: Log, t0: float) -
             "base_build_seconds": base_meta.get("build_seconds"),
             "build_seconds": round(time.monotonic() - t0, 1),
         }
-        (out / "image.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(out, 0o755)
-        if final.exists():
-            base.safe_rmtree(final)
-        os.rename(out, final)
+        base.publish(out, final, "image.json", meta)
         stage(f"cached at {final}")
     finally:
         base.safe_rmtree(scratch)

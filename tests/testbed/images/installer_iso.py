@@ -352,11 +352,7 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
         run([*argv, str(iso)])
         meta["iso_size"] = (out / ISO_NAME).stat().st_size
         meta["build_seconds"] = round(time.monotonic() - t0, 1)
-        (out / "installer.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(out, 0o755)
-        if final.exists():
-            base.safe_rmtree(final)
-        os.rename(out, final)
+        base.publish(out, final, "installer.json", meta)
         stage(f"cached {final / ISO_NAME} ({meta['iso_size'] >> 20} MiB)")
     finally:
         base.safe_rmtree(scratch)
@@ -381,7 +377,7 @@ LABEL live
 """
 
 
-LIVE_SHELL_UNIT = f"""\
+LIVE_SHELL_UNIT = """\
 # nixgold stand-in installer (live session only): root logs in on tty1 by itself, like the
 # NixOS minimal ISO's autologin, so Packer's boot_command can type into a shell.
 [Unit]
