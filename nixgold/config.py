@@ -160,6 +160,7 @@ class BuildSettings:
     http_bind_address: str | None = None
     http_interface: str | None = None
     http_port: int | None = None  # fixed port for firewalls (http_port_min = max)
+    status_port: int = 8799  # install.sh reports its steps here (same address as Packer's HTTP server); 0: off
     ssh_timeout: str = "45m"  # install + reboot must finish within this
     task_timeout: str = "15m"
     packer: str = "packer"  # binary
@@ -628,6 +629,10 @@ def _validate(c: Config, issues: _Issues) -> None:
         add("build.http_interface", c.build.http_interface, "a network interface name like eth0")
     if c.build.http_port is not None and not 1024 <= c.build.http_port <= 65535:
         add("build.http_port", c.build.http_port, "a port between 1024 and 65535")
+    if c.build.status_port != 0 and not 1024 <= c.build.status_port <= 65535:
+        add("build.status_port", c.build.status_port, "a port between 1024 and 65535, or 0 to turn install reports off")
+    elif c.build.status_port != 0 and c.build.status_port == c.build.http_port:
+        add("build.status_port", c.build.status_port, "a port other than build.http_port (Packer's HTTP server)")
     if not re.fullmatch(r"^[A-Za-z0-9_.\-/]+$", c.build.output_dir):
         add("build.output_dir", c.build.output_dir, "a relative or absolute directory path without spaces")
     # verify

@@ -16,15 +16,30 @@ from .config import Config, duration_seconds
 from .render_inputs import INSTALL_SCRIPT
 
 
+#: Most keys the boot_command may type (worst case: a 15-character IP, a 5-digit port). Every
+#: key is one ``sendkey`` API call and a chance for the live console to drop a character.
+MAX_KEYSTROKES = 120
+
+#: curl's retries while the live system's network comes up: ``--retry-all-errors`` also
+#: retries "network unreachable" / "connection refused" (curl >= 7.71; ``--retry`` alone
+#: only retries timeouts and HTTP 408/429/5xx), every 2 s for a minute. Without it a line
+#: typed before DHCP finished fails once and the build waits for ssh_timeout.
+CURL_RETRY = "--retry-all-errors --retry 30 --retry-delay 2"
+
+
 def install_steps(config: Config) -> list[Step]:
-    """Typed steps: boot the ISO's default menu entry, wait for the shell, type one line."""
-    base = [TypeText("http://"), HttpIp(), TypeText(":"), HttpPort()]
+    """Typed steps: boot the ISO's default menu entry, wait for the shell, type one line.
+
+    ``u=http://IP:PORT;curl -fsS <retry> $u/install.sh|sudo bash -s $u`` — the base URL is
+    typed once and reused, which pays for the retry options within :data:`MAX_KEYSTROKES`.
+    """
     return [
         # Boot the default entry now instead of after the menu's 10 s timeout. If this key
         # lands before the menu is drawn it is harmless: the timeout boots the same entry.
         PressKey("enter"),
         Wait(timedelta(seconds=duration_seconds(config.build.live_boot_wait))),
-        TypeText("curl -fsS "), *base, TypeText(f"/{INSTALL_SCRIPT} | sudo bash -s -- "), *base,
+        TypeText("u=http://"), HttpIp(), TypeText(":"), HttpPort(),
+        TypeText(f";curl -fsS {CURL_RETRY} $u/{INSTALL_SCRIPT}|sudo bash -s $u"),
         PressKey("enter"),
     ]
 

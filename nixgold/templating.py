@@ -17,6 +17,7 @@ line, with the surrounding template lines shown (pyinfra style).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import traceback
@@ -125,9 +126,15 @@ FILTERS = {"nix_str": nix_str, "nix_attr_path": nix_attr_path, "nix_bool": nix_b
 
 
 # --- environment ----------------------------------------------------------------------------
-def make_environment() -> jinja2.Environment:
+def make_environment(extra_dirs: Iterable[str | os.PathLike[str]] = ()) -> jinja2.Environment:
+    """The environment; ``extra_dirs`` come first (templates that extend nixgold's own, such as
+    the test bed's stand-in install.sh)."""
+    loader: jinja2.BaseLoader = jinja2.PackageLoader(TEMPLATE_PACKAGE, TEMPLATE_DIR)
+    extra = [str(d) for d in extra_dirs]
+    if extra:
+        loader = jinja2.ChoiceLoader([jinja2.FileSystemLoader(extra), loader])
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader(TEMPLATE_PACKAGE, TEMPLATE_DIR),
+        loader=loader,
         undefined=jinja2.StrictUndefined,  # a typo in a variable name fails, never renders ""
         keep_trailing_newline=True,
         autoescape=False,  # HTML escaping would corrupt Nix and shell; our filters escape
@@ -141,10 +148,11 @@ def make_environment() -> jinja2.Environment:
 ENV = make_environment()
 
 
-def render(template_name: str, **context: Any) -> str:
+def render(template_name: str, *, env: jinja2.Environment | None = None, **context: Any) -> str:
     """Render one template; any failure becomes RenderError with the template line shown."""
+    env = env or ENV
     try:
-        template = ENV.get_template(template_name)
+        template = env.get_template(template_name)
     except jinja2.TemplateSyntaxError as exc:
         raise RenderError(_describe(template_name, exc.source, exc.lineno, exc)) from exc
     except jinja2.TemplateNotFound as exc:
@@ -152,18 +160,26 @@ def render(template_name: str, **context: Any) -> str:
     try:
         return template.render(**context)
     except Exception as exc:  # StrictUndefined, filter ValueErrors, type errors, ...
-        lineno = _template_lineno(exc, template.filename)
-        source = ENV.loader.get_source(ENV, template_name)[0] if ENV.loader else None
-        raise RenderError(_describe(template_name, source, lineno, exc)) from exc
+        lineno, name = _template_line(exc, env)
+        name = name or template_name
+        source = env.loader.get_source(env, name)[0] if env.loader else None
+        raise RenderError(_describe(name, source, lineno, exc)) from exc
 
 
-def _template_lineno(exc: BaseException, filename: str | None) -> int | None:
-    """Jinja rewrites tracebacks so template frames carry the template's file and line."""
-    line = None
+def _template_line(exc: BaseException, env: jinja2.Environment) -> tuple[int | None, str | None]:
+    """(line, template name) of the innermost template frame: Jinja rewrites tracebacks so
+    template frames carry the template's file and line (an included partial has its own)."""
+    files = {}
+    for name in env.list_templates(extensions=["j2"]):
+        try:
+            files[env.get_template(name).filename] = name
+        except jinja2.TemplateError:
+            continue
+    line = found = None
     for frame in traceback.extract_tb(exc.__traceback__):
-        if filename is not None and frame.filename == filename:
-            line = frame.lineno
-    return line
+        if frame.filename in files:
+            line, found = frame.lineno, files[frame.filename]
+    return line, found
 
 
 def _describe(name: str, source: str | None, lineno: int | None, exc: BaseException) -> str:

@@ -64,7 +64,7 @@ locals {
   manifest = {
     build_id      = var.build_id
     build_time    = timestamp()
-    config_sha256 = "1d3642c594d9c95cd846c4447d6e5a0742032a5ffc35f9e440e14ccdf7be4635"
+    config_sha256 = "a1b00b327488bc40bec939174371350ed39eb03aca0cfe09b8440d397d3bfec5"
     dialect       = "plugin"
     firmware      = "uefi"
     git_commit    = var.git_commit
@@ -147,7 +147,7 @@ source "proxmox-iso" "nixos" {
   boot_key_interval = "20ms"
   boot_command = [
     "<enter><wait60s>",
-    "curl -fsS http://{{ .HTTPIP }}:{{ .HTTPPort }}/install.sh | sudo bash -s -- http://{{ .HTTPIP }}:{{ .HTTPPort }}<enter>",
+    "u=http://{{ .HTTPIP }}:{{ .HTTPPort }};curl -fsS --retry-all-errors --retry 30 --retry-delay 2 $u/install.sh|sudo bash -s $u<enter>",
   ]
   http_content = {
     "/install.sh"        = replace(file("${path.root}/../http/install.sh"), "{{", "{{\"{{\"}}")

@@ -560,3 +560,17 @@ def test_wait_parser_agrees_with_the_spec_regex(body):
     is_wait = len(exprs) == 1 and isinstance(exprs[0], bootcmd._WaitExpr)
     if not errors:  # pigeon action errors (Go rejects the number) fail the whole parse
         assert is_wait == bool(re.match(bootcmd.WAIT_TAG_RE, tag))
+
+
+# --- the product's boot_command (nixgold.install_flow) ------------------------------------------
+def test_install_line_fits_the_keystroke_budget_and_retries_curl():
+    from nixgold.config import Config
+    from nixgold.install_flow import CURL_RETRY, MAX_KEYSTROKES, boot_command
+
+    commands = boot_command(Config())
+    worst = stats(commands, DEFAULT_KEY_INTERVAL_S)  # HTTPIP/HTTPPort counted as 255.255.255.255:65535
+    assert worst.keystrokes <= MAX_KEYSTROKES == 120
+    typed = decode_qemu_keys(parse_to_qemu_keys(commands, "10.99.0.1", 8123))
+    assert typed == (f"\nu=http://10.99.0.1:8123;curl -fsS {CURL_RETRY} $u/install.sh|sudo bash -s $u\n")
+    # --retry alone never retries "network unreachable" or "connection refused": all errors must be
+    assert "--retry-all-errors" in CURL_RETRY and "--retry-delay" in CURL_RETRY

@@ -30,15 +30,16 @@ from nixgold.config import Config, UserSettings, parse_config
 from nixgold.errors import ConfigError, RenderError
 from nixgold.guest_files import (
     BUILD_OVERRIDE_NIX,
+    TEMPLATE_PACKAGES,
     render_cleanup_sh,
     render_configuration_nix,
     render_install_sh,
 )
 from nixgold.render_inputs import BUILD_KEY_PUB, CONFIGURATION_NIX, RenderInputs, guest_disk_device
 from nixgold.templating import nix_attr_path, nix_bool, nix_str, sh, token
+from tests.helpers.nix import nix, nix_eval_expr, nix_eval_modules as _nix_eval_modules, nix_parse
 
 HERE = Path(__file__).parent
-EVAL_HARNESS = HERE / "nix" / "eval-module.nix"
 OPTIONS = json.loads((HERE / "fixtures" / "nixos-options.json").read_text())
 TEMPLATES = Path(templating.__file__).parent / "templates"
 
@@ -100,47 +101,9 @@ MATRIX = [
 ]
 
 
-@pytest.fixture(scope="session")
-def nix_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """nix-bin 2.8 without a daemon or /nix: point every state/store/config dir at a temp dir."""
-    root = tmp_path_factory.mktemp("nix")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NIX")}
-    env.update(
-        HOME=str(root / "home"),
-        XDG_CACHE_HOME=str(root / "cache"),
-        NIX_STATE_DIR=str(root / "state"),
-        NIX_STORE_DIR=str(root / "store"),
-        NIX_LOG_DIR=str(root / "log"),
-        NIX_CONF_DIR=str(root / "conf"),  # no /etc/nix/nix.conf surprises
-        NIX_REMOTE="",  # never talk to a daemon
-        NIX_PATH="",
-    )
-    return env
-
-
-def nix(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nix-instantiate", *args], env=env, capture_output=True, text=True, timeout=60)
-
-
-def nix_parse(env: dict[str, str], files: Iterable[Path]) -> None:
-    proc = nix(env, "--parse", *map(str, files))
-    assert proc.returncode == 0, proc.stderr
-
-
 def nix_eval_modules(env: dict[str, str], specs: list[tuple[Path, Iterable[str]]]) -> list[dict[str, Any]]:
-    """Evaluate many rendered modules in ONE nix-instantiate run (see tests/nix/eval-module.nix)."""
-    spec = [{"file": str(path), "packages": [p.split(".") for p in packages]} for path, packages in specs]
-    proc = nix(env, "--eval", "--strict", "--json", str(EVAL_HARNESS), "--argstr", "specJson", json.dumps(spec))
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
-def nix_eval_expr(env: dict[str, str], expr: str, tmp: Path) -> Any:
-    path = tmp / "expr.nix"
-    path.write_text(expr, encoding="utf-8")
-    proc = nix(env, "--eval", "--strict", "--json", str(path))
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    """Rendered modules evaluated with stub packages for the template's own and the config's."""
+    return _nix_eval_modules(env, [(path, (*TEMPLATE_PACKAGES, *packages)) for path, packages in specs])
 
 
 def sha256(text: str) -> str:
@@ -536,7 +499,8 @@ def test_matrix_key_options(evaluated_matrix: list[tuple[dict, dict]]) -> None:
         assert m["i18n"]["defaultLocale"] == config.nixos.locale
         assert m["time"]["timeZone"] == config.nixos.timezone
         assert m["console"]["keyMap"] == config.nixos.keymap
-        assert [p["_stubPackage"] for p in m["environment"]["systemPackages"]] == list(config.nixos.packages)
+        assert [p["_stubPackage"] for p in m["environment"]["systemPackages"]] == \
+            [*TEMPLATE_PACKAGES, *config.nixos.packages]
         if case["rich"]:
             assert m["nix"]["settings"]["experimental-features"] == ["nix-command", "flakes"]
             assert m["nix"]["gc"]["automatic"] is True
@@ -586,8 +550,11 @@ def test_option_checker_catches_bad_modules() -> None:
 STUB_COMMANDS: dict[str, str] = {
     # name -> extra bash run after recording the call ($@ = the arguments)
     "curl": r'''
-dest=""; url=""
-while (($#)); do case "$1" in -o) dest=$2; shift 2 ;; http*) url=$1; shift ;; *) shift ;; esac; done
+dest=""; url=""; post=""
+while (($#)); do case "$1" in -o) dest=$2; shift 2 ;; --data-binary) post=$2; shift 2 ;; http*) url=$1; shift ;; *) shift ;; esac; done
+if [[ -n $post ]]; then  # an install report: keep it, answer like nixgold's endpoint
+  { printf '>>> %s\n' "$url"; cat; printf '<<<\n'; } >>"$STUB_DIR/reports"; exit 0
+fi
 src="$STUB_SERVE_DIR/${url##*/}"
 [[ -f $src ]] || { echo "curl: (22) The requested URL returned error: 404" >&2; exit 22; }
 cp "$src" "$dest"
@@ -603,7 +570,7 @@ cp "$src" "$dest"
 }
 # Real tools the scripts may use; anything else is "command not found".
 ALLOWED_REAL = ("bash", "date", "mkdir", "install", "cp", "rm", "cat", "sha256sum", "cut", "wc", "mktemp", "sleep",
-                "ls", "tr", "chmod")
+                "ls", "tr", "chmod", "tee", "tail")
 
 
 def make_stub_bin(root: Path) -> Path:
@@ -626,14 +593,33 @@ def make_stub_bin(root: Path) -> Path:
 
 
 @dataclasses.dataclass
+class Report:
+    url: str
+    headers: dict[str, str]
+    body: list[str]
+
+
+@dataclasses.dataclass
 class ScriptRun:
     proc: subprocess.CompletedProcess[str]
     root: Path
-    calls: list[list[str]]
+    calls: list[list[str]]  # every stub call but the install reports
+    reports: list[Report]
 
     @property
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
+
+
+def parse_reports(text: str) -> list[Report]:
+    reports = []
+    for chunk in re.findall(r"^>>> (.*?)\n(.*?)^<<<$", text, re.M | re.S):
+        url, payload = chunk
+        head, _, body = payload.partition("\n\n")
+        headers = dict(line.split(": ", 1) for line in head.splitlines()[1:])
+        assert head.splitlines()[0] == "nixgold-install-report 1"
+        reports.append(Report(url, headers, body.splitlines()))
+    return reports
 
 
 def run_script(script: str, tmp: Path, args: list[str], *, fail: str = "", serve: dict[str, str] | None = None,
@@ -669,7 +655,11 @@ def run_script(script: str, tmp: Path, args: list[str], *, fail: str = "", serve
         path.write_text(script)
         proc = subprocess.run([bash, str(path), *args], env=env, capture_output=True, text=True, timeout=60)
     calls = [line.split("\x1f") for line in calls_file.read_text().splitlines()]
-    return ScriptRun(proc, root, calls)
+    calls = [c for c in calls if not (c[0] == "curl" and "--data-binary" in c)]
+    reports_file = stub_dir / "reports"
+    reports = parse_reports(reports_file.read_text()) if reports_file.exists() else []
+    reports_file.unlink(missing_ok=True)
+    return ScriptRun(proc, root, calls, reports)
 
 
 URL = "http://10.0.0.5:8802"
@@ -704,8 +694,8 @@ def test_install_sh_happy_path(firmware: str, root_login: str, tmp_path: Path, n
                     "nixos-generate-config", "nixos-install", "sync", "umount", "reboot"]
     assert run.names == expected
     calls = {c[0]: c[1:] for c in reversed(run.calls)}  # first call per name
-    assert calls["curl"][-1] == f"{URL}/{CONFIGURATION_NIX}"  # trailing slash of the argument dropped
-    assert run.calls[1][-1] == f"{URL}/{BUILD_KEY_PUB}"
+    assert calls["curl"][-1] == f"{URL}/{BUILD_KEY_PUB}"  # trailing slash of the argument dropped
+    assert run.calls[1][-1] == f"{URL}/{CONFIGURATION_NIX}"
     parted = " ".join(calls["parted"])
     if firmware == "uefi":
         assert parted == (f"-s {disk} -- mklabel gpt mkpart ESP fat32 1MiB 513MiB set 1 esp on "
@@ -748,12 +738,20 @@ def test_install_sh_happy_path(firmware: str, root_login: str, tmp_path: Path, n
     else:
         assert not override.exists() and BUILD_OVERRIDE_NIX not in at_install
     # logging: numbered, timestamped steps on stderr, in the log file and on the serial port
-    steps = re.findall(r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\] nixgold-install: step (\d+): (.*)$",
+    steps = re.findall(r"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\] nixgold-install: step (\d+)/(\d+): (.*)$",
                        run.proc.stderr, re.M)
-    assert [int(n) for n, _ in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 10
+    assert [int(n) for n, _, _ in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 10
+    assert {int(total) for _, total, _ in steps} == {len(steps)}  # STEPS_TOTAL counts every step
     log = (root / "tmp" / "nixgold-install.log").read_text()
-    assert all(f"step {n}: {name}" in log for n, name in steps)
-    assert "step 1:" in (root / "dev" / "ttyS0").read_text()
+    assert all(f"step {n}/{total}: {name}" in log for n, total, name in steps)
+    assert f"step 1/{len(steps)}:" in (root / "dev" / "ttyS0").read_text()
+    # reports: every step from the first on (the key names the endpoint), then "finished"
+    token = sha256(BUILD_KEY + "\n")[:16]
+    assert {r.url for r in run.reports} == {f"http://10.0.0.5:{config.build.status_port}/install/{token}"}
+    states = [(r.headers["state"], int(r.headers["step"]), r.headers["name"]) for r in run.reports]
+    assert states[-1][0] == "finished" and states[-1][1] == len(steps)
+    assert [(n, name) for state, n, name in states[:-1]] == [(int(n), name) for n, _, name in steps]
+    assert all(r.headers["total"] == str(len(steps)) and not r.body for r in run.reports)
     assert (root / "mnt" / "var" / "log" / "nixgold-install.log").exists()
 
 
@@ -770,8 +768,12 @@ def test_install_sh_refuses_a_tampered_configuration(tmp_path: Path) -> None:
     run = run_script(install, tmp_path, [URL], serve=serve)
     assert run.proc.returncode != 0
     assert f"sha256 mismatch for {CONFIGURATION_NIX}" in run.proc.stderr
-    assert sha256(serve[CONFIGURATION_NIX]) in run.proc.stderr and "INSTALL FAILED in step 1" in run.proc.stderr
-    assert run.names == ["curl"]  # nothing touched the disk
+    assert sha256(serve[CONFIGURATION_NIX]) in run.proc.stderr and "INSTALL FAILED in step 2" in run.proc.stderr
+    assert run.names == ["curl", "curl"]  # the key, the configuration; nothing touched the disk
+    failed = run.reports[-1]
+    assert failed.headers["state"] == "failed" and failed.headers["step"] == "2"
+    assert failed.headers["name"] == f"fetch {CONFIGURATION_NIX} and check its sha256"
+    assert any("sha256 mismatch" in line for line in failed.body) and len(failed.body) <= 20
 
 
 @pytest.mark.parametrize("bad_key", ["", "not a key\n", BUILD_KEY + "\n" + BUILD_KEY + "\n",
@@ -793,12 +795,18 @@ def test_install_sh_fails_loudly_when_a_step_fails(tmp_path: Path) -> None:
     assert run.names[-1] == "mkfs.ext4" and "mount" not in run.names
 
 
-def test_install_sh_fails_when_the_http_server_is_missing_a_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing,step", [(BUILD_KEY_PUB, 1), (CONFIGURATION_NIX, 2)])
+def test_install_sh_fails_when_the_http_server_is_missing_a_file(missing: str, step: int, tmp_path: Path) -> None:
     install, serve = _install_env(tmp_path)
-    del serve[BUILD_KEY_PUB]
+    del serve[missing]
     run = run_script(install, tmp_path, [URL], serve=serve)
-    assert run.proc.returncode == 22 and "INSTALL FAILED in step 2" in run.proc.stderr
+    assert run.proc.returncode == 22 and f"INSTALL FAILED in step {step}" in run.proc.stderr
     assert "curl" in run.proc.stderr and "parted" not in run.names
+    if missing == BUILD_KEY_PUB:
+        assert run.reports == []  # the key names the report endpoint: without it nobody hears
+    else:
+        assert run.reports[-1].headers["state"] == "failed" and run.reports[-1].headers["code"] == "22"
+        assert any("404" in line for line in run.reports[-1].body)
 
 
 def test_install_sh_fails_when_the_disk_is_missing(tmp_path: Path) -> None:
@@ -854,7 +862,7 @@ def _guest_root(root: Path, with_override: bool) -> None:
         "etc/ssh/sshd_config": "keep", "etc/machine-id": "0123456789abcdef0123456789abcdef\n",
         "root/.ssh/authorized_keys": BUILD_KEY, "var/lib/systemd/random-seed": "x",
         "etc/systemd/network/10-cloud-init-eth0.network": "[Match]\n",
-        "etc/nixos/configuration.nix": "{ }",
+        "etc/nixos/configuration.nix": "{ }", "etc/hostname": "nixos\n",
     }
     if with_override:
         files[f"etc/nixos/{BUILD_OVERRIDE_NIX}"] = "{ }"
@@ -896,8 +904,11 @@ def test_cleanup_sh_happy_path(root_login: str, tmp_path: Path) -> None:
     assert not (root / "root/.ssh/authorized_keys").exists()
     assert not (root / "etc/systemd/network/10-cloud-init-eth0.network").exists()
     assert "WARNING: fstrim failed" in run.proc.stderr
-    steps = re.findall(r"nixgold-cleanup: step (\d+): ", run.proc.stderr)
-    assert [int(n) for n in steps] == list(range(1, len(steps) + 1))
+    assert not (root / "etc/hostname").exists()  # the build VM's "nixos": clones get their own
+    steps = re.findall(r"nixgold-cleanup: step (\d+)/(\d+): ", run.proc.stderr)
+    assert len(steps) >= 8 and [int(n) for n, _ in steps] == list(range(1, len(steps) + 1))
+    assert {int(total) for _, total in steps} == {len(steps)}
+    assert run.reports == []  # cleanup's output goes to Packer, not to the install endpoint
 
 
 def test_cleanup_sh_fails_loudly(tmp_path: Path) -> None:
