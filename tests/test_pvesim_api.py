@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -198,7 +199,8 @@ def test_full_clone_and_template_conversion(testbed, api):
                                      text=True, check=True).stdout)
     assert "backing-filename" not in info
     err = raises(lambda: node.qemu(171).clone.post(newid=172, full=0), 500)
-    assert err.content == "Linked clone feature is not supported for drive 'scsi0'"
+    assert err.content == (f"Linked clone feature is not supported for '{testbed.storage}:171/vm-171-disk-0.qcow2' "
+                           "(scsi0)")
     err = raises(lambda: node.qemu(TEMPLATE).clone.post(newid=172, full=0, storage=testbed.storage), 500)
     assert err.content == "parameter 'storage' not allowed for linked clones"
     assert wait(prox, node.qemu(171).template.post())["exitstatus"] == "OK"
@@ -216,7 +218,7 @@ def test_config_digest_delete_and_async_update(testbed, api):
     conf = node.qemu(180).config.get()
     assert conf["tags"] == "a;b" and conf["memory"] == "128" and conf["scsi0"].endswith(",size=1G")
     err = raises(lambda: node.qemu(180).config.put(name="x", digest="0" * 40), 500)
-    assert err.content == "detected modified configuration - file changed by other user? Try again."
+    assert err.content == "checksum mismatch (file change by other user?)"
     assert node.qemu(180).config.put(name="cfg-renamed", digest=conf["digest"], delete="tags") is None
     conf2 = node.qemu(180).config.get()
     assert conf2["name"] == "cfg-renamed" and "tags" not in conf2 and conf2["digest"] != conf["digest"]
@@ -229,12 +231,13 @@ def test_config_digest_delete_and_async_update(testbed, api):
     assert node.qemu(180).config.get()["cores"] == 2
     err = raises(lambda: node.qemu(180).config.put(args="-no-reboot"), 500)
     assert err.content == "only root can set 'args' config"
-    # cipassword is stored hashed and shown masked; sshkeys must be urlencoded
-    node.qemu(180).config.put(cipassword="secret", sshkeys="ssh-ed25519%20AAAAC3NzaC1lZDI1NTE5AAAAIB%20a%40b")
+    # cipassword is stored hashed and shown masked; sshkeys must be urlencoded (and pass ssh-keygen -l)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDLLv4DMyOdbZ0P2R1pMn/rEzYH8gFPQB0c6oSuTZ3Vb"
+    node.qemu(180).config.put(cipassword="secret", sshkeys=quote(f"{key} a@b", safe=""))
     conf = node.qemu(180).config.get()
     assert conf["cipassword"] == "**********"
     user = node.qemu(180).cloudinit.dump.get(type="user")
-    assert "ssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB a@b\n" in user
+    assert f"ssh_authorized_keys:\n  - {key} a@b\n" in user
     assert "password: $6$" not in user  # masked in the dump
     network = node.qemu(180).cloudinit.dump.get(type="network")
     assert "name: eth0" in network and "type: dhcp4" in network
@@ -283,7 +286,7 @@ def test_bad_credentials_are_401(testbed):
         assert time.monotonic() - t0 >= testbed.unauth_delay * 0.9  # PVE delays failed auth
         resp = requests.get(url, headers={"Authorization": f"PVEAPIToken={testbed.token_id}=wrong"},
                             verify=str(testbed.ca_path), timeout=30)
-        assert resp.status_code == 401 and resp.reason == "invalid token value!"
+        assert resp.status_code == 401 and resp.reason == "Authentication failed!"
         with pytest.raises(AuthenticationError):
             ProxmoxAPI(f"{testbed.host}:{testbed.port}", user="nixgold@pve", password="wrong",
                        verify_ssl=str(testbed.ca_path), timeout=30)
@@ -361,9 +364,11 @@ def test_task_faults(testbed, api):
     assert conf is not None and conf["lock"] == "clone"
     assert prox.nodes(testbed.node).tasks(upid).status.get()["status"] == "running"
     assert [vm for vm in prox.cluster.resources.get(type="vm") if vm["vmid"] == 202][0]["lock"] == "clone"
-    # like PVE, a config change waits for the clone worker's config flock (up to 10 s), then applies
+    # like PVE, a config change checks the lock before waiting for the clone worker's flock
+    err = raises(lambda: node.qemu(202).config.put(name="after-clone"), 500)
+    assert err.content == "VM is locked (clone)"
+    assert wait(prox, upid)["exitstatus"] == "OK"
     node.qemu(202).config.put(name="after-clone")
-    assert prox.nodes(testbed.node).tasks(upid).status.get()["exitstatus"] == "OK"
     conf = node.qemu(202).config.get()
     assert conf["name"] == "after-clone" and "lock" not in conf
 

@@ -21,6 +21,7 @@ from typing import Callable
 from urllib.parse import unquote
 
 from .errors import die
+from .vmconfig import is_flag_set
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +51,45 @@ class DnsDefaults:
         return cls(ns, search)
 
 
+def _starts_with_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.split("/", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+def ipconfig_problem(res: dict[str, str]) -> str | None:
+    """The combinations qemu-server Network.pm:220-236 (parse_ipconfig) only ``warn`` about."""
+    if res.get("gw") and not res.get("ip"):
+        return "gateway specified without specifying an IP address"
+    if res.get("gw6") and not res.get("ip6"):
+        return "IPv6 gateway specified without specifying an IPv6 address"
+    if res.get("gw") and res.get("ip") == "dhcp":
+        return "gateway specified together with DHCP"
+    if res.get("gw6") and not _starts_with_ipv6(res["ip6"]):  # auto, dhcp, manual
+        return f"IPv6 gateway specified together with {res['ip6']} address"
+    return None
+
+
 def parse_ipconfig(text: str) -> dict[str, str]:
-    """qemu-server Network::parse_ipconfig (the rules beyond the schema)."""
+    """qemu-server Network::parse_ipconfig (Network.pm:211-245).
+
+    It runs only while the cloud-init ISO is generated, never in the API (PVE accepts
+    ``ip=dhcp,gw=...``): a bad combination is a warning and the interface gets no address
+    configuration (``undef``, here ``{}``).
+    """
     res: dict[str, str] = {}
     for part in text.split(","):
         if "=" in part:
             k, v = part.split("=", 1)
             res[k] = v
-    if "gw" in res and "ip" not in res:
-        raise ValueError("gateway specified without specifying an IP address")
-    if "gw6" in res and "ip6" not in res:
-        raise ValueError("gateway specified without specifying an IPv6 address")
-    if "gw" in res and res.get("ip") == "dhcp":
-        raise ValueError("gateway specified together with DHCP")
-    if "gw6" in res and res.get("ip6") in ("dhcp", "auto"):
-        raise ValueError(f"gateway specified together with {res['ip6'].upper()}")
-    if "ip" not in res and "ip6" not in res:
-        res["ip"] = "dhcp"
+    problem = ipconfig_problem(res)
+    if problem:
+        log.warning("ipconfig '%s': %s", text, problem)
+        return {}
+    if not res.get("ip") and not res.get("ip6"):
+        return {"ip": "dhcp", "ip6": "dhcp"}
     return res
 
 
@@ -121,7 +144,8 @@ def userdata(conf: dict[str, str], vmid: int) -> str:
     if user is None or user != "root":
         out += "users:\n"
         out += "  - default\n"
-    if conf.get("ciupgrade") is None or conf.get("ciupgrade") not in ("0", "no", "off", "false"):
+    # Cloudinit.pm:168: !defined($conf->{ciupgrade}) || $conf->{ciupgrade}
+    if conf.get("ciupgrade") is None or is_flag_set(conf["ciupgrade"]):
         out += "package_upgrade: true\n"
     return out
 

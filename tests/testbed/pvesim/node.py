@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote
 
 from . import cloudinit
 from .auth import AccessControl, Identity
@@ -27,8 +30,8 @@ from .runtime import QemuInstance, QemuRuntime, memory_mib, ovmf_vars, parse_kv,
 from .schema import Schema
 from .storage import StorageDef, StorageManager, format_size, parse_size
 from .tasks import Task, TaskManager
-from .vmconfig import (CLOUDINIT_KEYS, FAST_PLUG, NET_RE, UNUSED_RE, VMConf, is_drive_key, new_smbios1,
-                       parse_boot_order, print_drive, print_net, random_mac)
+from .vmconfig import (CLOUDINIT_KEYS, FAST_PLUG, NET_RE, UNUSED_RE, VMConf, config_value, is_drive_key,
+                       is_flag_set, new_smbios1, parse_boot_order, print_drive, print_net, random_mac)
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +77,22 @@ def unique_tags(value: str) -> str:
     return ";".join(sorted(seen))
 
 
+def ssh_keygen_accepts(line: str) -> bool:
+    """``ssh-keygen -l -f <file with the line>`` exits 0."""
+    with tempfile.NamedTemporaryFile("w", prefix="pvesim-sshkey-", suffix=".pub") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        return subprocess.run(["ssh-keygen", "-l", "-f", fh.name], capture_output=True).returncode == 0
+
+
 def validate_ssh_keys(keys: str) -> None:
+    """pve-common Tools.pm:1104-1119 validate_ssh_public_keys: every non-blank line (comments
+    too) must pass ``ssh-keygen -l``; a failure is a plain ``die`` (HTTP 500), not a 400."""
     for line in keys.split("\n"):
-        line = line.strip()
-        if not line or line.startswith("#"):
+        if re.fullmatch(r"\s*", line):
             continue
-        if not re.match(r"^(?:\S+\s+)?(ssh-(?:rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s|$)", line):
-            raise ValueError("SSH public key validation error")
+        if not ssh_keygen_accepts(line):
+            raise die("SSH public key validation error")
 
 
 class Node:
@@ -180,15 +192,15 @@ class Node:
             elif typ == "number" and re.fullmatch(r"[+-]?\d+(\.\d+)?", value):
                 out[key] = float(value) if "." in value else int(value)
             elif typ == "boolean":
-                out[key] = 1 if value.lower() in ("1", "on", "yes", "true") else 0
+                out[key] = 1 if is_flag_set(value) else 0
             else:
                 out[key] = value
         return out
 
     @staticmethod
     def agent_enabled(values: dict[str, str]) -> bool:
-        agent = parse_kv(values.get("agent", ""), "enabled")
-        return agent.get("enabled") in ("1", "yes", "on", "true")
+        """qemu-server Agent.pm:75 get_qga_key($conf, 'enabled')."""
+        return is_flag_set(parse_kv(values.get("agent", ""), "enabled").get("enabled"))
 
     # -------------------------------------------------------------- permissions
     def check_vm_perm(self, ident: Identity, vmid: int, privs: list[str], any_: bool = False) -> None:
@@ -355,6 +367,8 @@ class Node:
         values = {k: v for k, v in params.items() if k not in UPDATE_CONTROL}
         if skiplock and ident.authid != "root@pam":
             raise param_error({"skiplock": "Only root may use this option."})
+        if "sshkeys" in values:  # Qemu.pm:2071-2074, before anything else
+            validate_ssh_keys(unquote(str(values["sshkeys"])))
         for opt in delete:
             if opt in values:
                 raise param_error({"delete": f"you can't use '-{opt}' and -delete {opt}' at the same time"})
@@ -371,19 +385,7 @@ class Node:
         if force and not delete:
             raise param_error({"force": "force is only allowed together with delete"})
         self.check_modify_config_perm(ident, vmid, [k for k in list(values) + delete if not is_drive_key(k)])
-        if "sshkeys" in values:
-            from urllib.parse import unquote
-
-            try:
-                validate_ssh_keys(unquote(str(values["sshkeys"])))
-            except ValueError as exc:
-                raise param_error({"sshkeys": str(exc)}) from None
         for key, val in list(values.items()):
-            if re.fullmatch(r"ipconfig\d+", key):
-                try:
-                    cloudinit.parse_ipconfig(str(val))
-                except ValueError as exc:
-                    raise param_error({key: str(exc)}) from None
             if key == "cipassword" and not ENCRYPTED_PW_RE.match(str(val)):
                 values[key] = encrypt_pw(str(val))
             if key == "tags":
@@ -392,19 +394,52 @@ class Node:
                 values["ide2"] = values.pop("cdrom")
         for key in [k for k in values if is_drive_key(k)]:
             self.check_storage_access(ident, vmid, key, self.parse_drive(key, str(values[key])))
-        return {"values": values, "delete": delete, "revert": revert, "digest": digest, "skiplock": skiplock,
+        prep = {"values": values, "delete": delete, "revert": revert, "digest": digest, "skiplock": skiplock,
                 "force": force}
+        self.check_update(self.load(vmid), prep)  # Qemu.pm:2562 "early checks before forking/locking"
+        return prep
+
+    def check_update(self, conf: VMConf, prep: dict[str, Any]) -> None:
+        """Qemu.pm:2175-2222 $load_and_check_config: digest, lock, balloon; once before forking
+        (a synchronous 500 for PUT and POST alike) and again under the config lock."""
+        if prep["digest"] and prep["digest"] != conf.digest:
+            raise die("checksum mismatch (file change by other user?)")  # Qemu.pm:2180
+        if not prep["skiplock"]:
+            self.check_lock(conf)  # Qemu.pm:2198
+        self.check_balloon(conf, prep["values"])
+
+    @staticmethod
+    def check_balloon(conf: VMConf, values: dict[str, Any]) -> None:
+        """Qemu.pm:2208-2217: balloon <= the new, else pending, else current memory."""
+        if not values.get("memory") and values.get("balloon") is None:
+            return
+        memory = values.get("memory") or conf.pending.get("memory") or conf.values.get("memory")
+        maxmem = memory_mib({"memory": str(memory)} if memory else {})
+        balloon = values.get("balloon")
+        if balloon is None:
+            balloon = conf.pending.get("balloon") or conf.values.get("balloon")
+        if balloon and int(balloon) > maxmem:
+            raise die("balloon value too large (must be smaller than assigned memory)")  # Qemu.pm:2216
+
+    @staticmethod
+    def check_boot_order(conf: VMConf, values: dict[str, Any], delete: list[str]) -> None:
+        """Qemu.pm:2509-2520: every device of a new ``boot: order=`` must exist (config, pending
+        or this request) and not be deleted by it; PVE's message has the stray quote."""
+        if "boot" not in values:
+            return
+        m = re.search(r"(?:^|,)order=([^,]*)", str(values["boot"]))
+        for dev in split_list(m.group(1) if m else ""):
+            exists = conf.values.get(dev) or conf.pending.get(dev) or values.get(dev)
+            if not exists or dev in delete:
+                raise die(f"invalid bootorder: device '{dev}' does not exist'")
 
     def apply_update(self, vmid: int, prep: dict[str, Any], ident: Identity, log_fn: Callable[[str], None]) -> None:
         """qemu-server update_vm_api: the part under the config lock."""
-        values, delete, revert = prep["values"], prep["delete"], prep["revert"]
-        digest, skiplock, force = prep["digest"], prep["skiplock"], prep["force"]
+        values, delete, revert, force = prep["values"], prep["delete"], prep["revert"], prep["force"]
         with self.locks.hold(vmid):
             conf = self.load(vmid)
-            if digest and digest != conf.digest:
-                raise die("detected modified configuration - file changed by other user? Try again.")
-            if not skiplock:
-                self.check_lock(conf)
+            self.check_update(conf, prep)
+            self.check_boot_order(conf, values, delete)
             effective = conf.effective()
             # one cloud-init drive only
             new_ci = [k for k, v in values.items() if is_drive_key(k) and re.search(r"(^|:)cloudinit(,|$)", str(v).split(",")[0])]
@@ -416,7 +451,7 @@ class Node:
             created: list[str] = []
             try:
                 for key, val in values.items():
-                    val = str(val)
+                    val = config_value(val)
                     if is_drive_key(key):
                         val, new = self.create_disk(vmid, key, val, ident, log_fn, default_storage=None)
                         created.extend(new)
@@ -568,7 +603,7 @@ class Node:
             raise die("restore from backup archives is not supported by the simulator")
         if params.get("pool"):
             raise die(f"pool '{params['pool']}' does not exist")
-        values = {k: str(v) for k, v in params.items() if k not in CREATE_CONTROL}
+        values = {k: config_value(v) for k, v in params.items() if k not in CREATE_CONTROL}
         if "cdrom" in values:
             values["ide2"] = values.pop("cdrom")
             if "media=cdrom" not in values["ide2"]:
@@ -578,19 +613,8 @@ class Node:
         self.check_modify_config_perm(ident, vmid, [k for k in values if not is_drive_key(k)])
         for key in [k for k in values if is_drive_key(k)]:
             self.check_storage_access(ident, vmid, key, self.parse_drive(key, values[key]))
-        if "sshkeys" in values:
-            from urllib.parse import unquote
-
-            try:
-                validate_ssh_keys(unquote(values["sshkeys"]))
-            except ValueError as exc:
-                raise param_error({"sshkeys": str(exc)}) from None
-        for key in list(values):
-            if re.fullmatch(r"ipconfig\d+", key):
-                try:
-                    cloudinit.parse_ipconfig(values[key])
-                except ValueError as exc:
-                    raise param_error({key: str(exc)}) from None
+        if "sshkeys" in values:  # Qemu.pm:1253-1256
+            validate_ssh_keys(unquote(values["sshkeys"]))
         if "cipassword" in values and not ENCRYPTED_PW_RE.match(values["cipassword"]):
             values["cipassword"] = encrypt_pw(values["cipassword"])
         if "tags" in values:
@@ -681,8 +705,8 @@ class Node:
                     if self.is_cdrom(value) or self.is_cloudinit_value(value):
                         continue
                     volid = self.drive_volume(value)
-                    if volid is None or not self.storage.parse(volid).is_base:
-                        raise die(f"Linked clone feature is not supported for drive '{key}'")
+                    if volid is None or not self.storage.parse(volid).is_base:  # Qemu.pm:4521-4540
+                        raise die(f"Linked clone feature is not supported for '{value.split(',', 1)[0]}' ({key})")
             if self.exists(newid):
                 raise die(f"unable to create VM {newid}: config file already exists")
             return conf, bool(full)
@@ -823,7 +847,7 @@ class Node:
         skiplock = bool(params.get("skiplock"))
         if skiplock and ident.authid != "root@pam":
             raise param_error({"skiplock": "Only root may use this option."})
-        if conf.values.get("protection") in ("1", "on", "yes", "true"):
+        if is_flag_set(conf.values.get("protection")):  # Qemu.pm:2798 check_protection
             raise die(f"can't remove VM {vmid} - protection mode enabled")
         if self.runtime.get(vmid) is not None:
             raise die(f"VM {vmid} is running - destroy failed")
@@ -892,6 +916,8 @@ class Node:
 
     def _stop_in_task(self, task: Task, vmid: int, *, shutdown: bool, timeout: float | None, force: bool,
                       skiplock: bool) -> None:
+        """QemuServer.pm:6233-6312 _do_vm_stop (PVE holds the config lock throughout; the simulator
+        takes it only to commit pending changes)."""
         conf = self.load(vmid)
         if not skiplock and conf.lock not in (None, "backup", "suspended"):
             self.check_lock(conf)
@@ -900,28 +926,60 @@ class Node:
             return
         if not shutdown:
             self.runtime.kill(vmid, grace=timeout if timeout is not None else 5.0)
-            return
-        if self.agent_enabled(conf.values):
-            self._assert_agent(vmid, inst)
-            try:
-                inst.qga("guest-shutdown", timeout=10)
-            except QgaError as exc:
-                raise TaskError(f"Agent error: {exc.desc}") from None
-            except QgaTimeout:
-                raise TaskError("QEMU guest agent is not running") from None
-        else:
-            try:
-                inst.qmp("system_powerdown")
-            except Exception as exc:
-                raise TaskError(f"VM {vmid} qmp command 'system_powerdown' failed - {exc}") from None
-        limit = 60.0 if timeout is None else float(timeout)
-        if inst.exited.wait(limit):
-            return
-        if force:
+        elif not self._send_shutdown(task, vmid, inst, conf):  # QemuServer.pm:6283-6294
+            if not inst.alive:
+                task.log("Unexpected: VM shutdown command failed, but VM not running anymore..")
+                return
+            if not force:
+                raise TaskError("VM quit/powerdown failed")
+            task.warn("VM quit/powerdown failed - terminating now with SIGTERM")
+            self.runtime.kill(vmid, grace=0.5)
+        elif not inst.exited.wait(60.0 if timeout is None else float(timeout)):  # QemuServer.pm:6263-6278
+            if not force:
+                raise TaskError("VM quit/powerdown failed - got timeout")
             task.warn("VM still running - terminating now with SIGTERM")
             self.runtime.kill(vmid, grace=0.5)
-            return
-        raise TaskError("VM quit/powerdown failed - got timeout")
+        self._stop_cleanup(task, vmid)  # QemuServer.pm:6280 and :6311
+
+    def _send_shutdown(self, task: Task, vmid: int, inst: QemuInstance, conf: VMConf) -> bool:
+        """QemuServer.pm:6250-6260: ``guest-shutdown`` only if the agent is enabled *and* answers
+        guest-ping, else ACPI (QMP ``system_powerdown``).  False if the command failed."""
+        try:
+            if self.agent_enabled(conf.values) and self._qga_check_running(task, vmid, inst):
+                inst.qga("guest-shutdown", timeout=10)
+            else:
+                inst.qmp("system_powerdown")
+        except Exception as exc:  # QMP and QGA failures alike: PVE's eval around mon_cmd
+            log.info("VM %s: shutdown command failed: %s", vmid, exc)
+            return False
+        return True
+
+    def _qga_check_running(self, task: Task | None, vmid: int, inst: QemuInstance) -> bool:
+        """Agent.pm:82-89 qga_check_running: guest-ping, 3 s.  Without ``nowarn`` (task given)
+        PVE ``warn``s, which pvedaemon's __WARN__ handler prints as a plain task log line."""
+        delay = self.faults.agent_delay_for(vmid)
+        try:
+            if (delay and inst.uptime() < delay) or not inst.agent:
+                raise QgaTimeout("got timeout")
+            inst.qga("guest-ping", timeout=3)
+        except (QgaTimeout, QgaError, OSError):
+            if task is not None:
+                task.log(f"QEMU Guest Agent is not running - VM {vmid} qmp command 'guest-ping' failed - "
+                         "got timeout")
+            return False
+        return True
+
+    def _stop_cleanup(self, task: Task, vmid: int) -> None:
+        """QemuServer.pm:6214 vm_stop_cleanup(..., $apply_pending_changes = 1, $noerr = 1): an API
+        stop/shutdown commits pending changes; a guest-initiated exit (``qm cleanup``) does not."""
+        try:
+            with self.locks.hold(vmid):
+                conf = self.load(vmid)
+                if conf.pending or conf.pending_delete:
+                    self.commit_pending(conf)
+                    self.write(conf)
+        except ApiError as exc:
+            task.log(exc.message.strip())
 
     def stop_vm(self, vmid: int, params: dict[str, Any], ident: Identity) -> Task:
         self.load(vmid)
@@ -982,17 +1040,18 @@ class Node:
 
     # -------------------------------------------------------------- resize
     def resize_vm(self, vmid: int, params: dict[str, Any], ident: Identity) -> Task:
-        conf = self.load(vmid)
+        self.load(vmid)
         disk, size_text = params["disk"], params["size"]
         skiplock = bool(params.get("skiplock"))
         if skiplock and ident.authid != "root@pam":
             raise param_error({"skiplock": "Only root may use this option."})
-        if params.get("digest") and params["digest"] != conf.digest:
-            raise die("detected modified configuration - file changed by other user? Try again.")
+        digest = params.get("digest")
 
         def worker(task: Task) -> None:
             with self.locks.hold(vmid):
                 conf = self.load(vmid)
+                if digest and digest != conf.digest:  # Qemu.pm:5984: inside the resize worker
+                    raise TaskError("checksum mismatch (file change by other user?)")
                 if not skiplock:
                     self.check_lock(conf)
                 value = conf.values.get(disk)
@@ -1047,26 +1106,17 @@ class Node:
                 raise die(str(res).strip())
 
     # --------------------------------------------------------------- agent
-    def _assert_agent(self, vmid: int, inst: QemuInstance) -> None:
-        delay = self.faults.agent_delay_for(vmid)
-        if delay and inst.uptime() < delay:
-            raise die("QEMU guest agent is not running")
-        if not inst.agent:
-            raise die("QEMU guest agent is not running")
-        try:
-            inst.qga("guest-ping", timeout=3)
-        except (QgaTimeout, QgaError, OSError):
-            raise die("QEMU guest agent is not running") from None
-
     def agent_cmd(self, vmid: int, command: str, arguments: dict[str, Any] | None = None,
                   timeout: float = 10.0) -> Any:
         conf = self.load(vmid)
-        if not self.agent_enabled(conf.values):
+        # Agent.pm:110-112 assert_agent_available: only an absent key is "not configured"
+        if "agent" not in conf.values:
             raise die("No QEMU guest agent configured")
         inst = self.runtime.get(vmid)
         if inst is None:
             raise die(f"VM {vmid} is not running")
-        self._assert_agent(vmid, inst)
+        if not self._qga_check_running(None, vmid, inst):
+            raise die("QEMU guest agent is not running")
         try:
             return inst.qga(f"guest-{command}", arguments, timeout=timeout)
         except QgaError as exc:

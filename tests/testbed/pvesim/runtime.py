@@ -28,7 +28,7 @@ from .errors import die
 from .qga import QgaClient
 from .qmp import QmpClient
 from .storage import StorageManager
-from .vmconfig import NET_RE, drive_sort_key, is_drive_key, parse_boot_order
+from .vmconfig import NET_RE, drive_sort_key, is_drive_key, is_flag_set, parse_boot_order
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class QemuRuntime:
             "-m", str(memory_mib(conf)),
             "-boot", "menu=off,strict=on,reboot-timeout=1000",
             "-vga", "std", "-display", "none",
-            "-rtc", "base=localtime" if conf.get("localtime") == "1" else "base=utc",
+            "-rtc", "base=localtime" if is_flag_set(conf.get("localtime")) else "base=utc",
         ]
         rng = parse_kv(conf.get("rng0", ""), "source")
         if rng.get("source"):
@@ -209,7 +209,7 @@ class QemuRuntime:
                 argv += ["-chardev", f"serial,id=serial{i},path={value}", "-device", f"isa-serial,chardev=serial{i}"]
         # guest agent
         agent = parse_kv(conf.get("agent", ""), "enabled")
-        if agent.get("enabled") in ("1", "yes", "on", "true"):
+        if is_flag_set(agent.get("enabled")):
             argv += ["-chardev", f"socket,path={rundir / 'qga.sock'},server=on,wait=off,id=qga0"]
             if agent.get("type") == "isa":
                 argv += ["-device", "isa-serial,chardev=qga0"]

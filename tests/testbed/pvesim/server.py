@@ -37,6 +37,25 @@ access_log = logging.getLogger("pvesim.access")
 MAX_FORM = 16 * 1024 * 1024
 
 
+def normalize_legacy_params(ep: Endpoint, params: dict[str, Any]) -> None:
+    """pve-common RESTHandler.pm:485-508 $normalize_legacy_param_formats, before validation.
+
+    A repeated form key arrives as an array (AnyEvent.pm:908-915 decode_urlencoded): joined
+    with ',' for a ``*-list`` string format, else left for validation to refuse (``type
+    check ('string') failed - got ARRAY``); a scalar for an ``array`` parameter is wrapped.
+    """
+    for key, value in params.items():
+        prop = ep.prop(key)
+        if prop is None or value in (None, "", "0"):  # Perl: next if !$value
+            continue
+        fmt = prop.get("format")
+        if isinstance(value, list) and prop.get("type") == "string" and isinstance(fmt, str) \
+                and fmt.endswith("-list"):
+            params[key] = ",".join(map(str, value))
+        elif not isinstance(value, list) and prop.get("type") == "array":
+            params[key] = [value]
+
+
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -270,13 +289,12 @@ class RequestHandler(BaseHTTPRequestHandler):
         ticket = extract_cookie_ticket(self.headers.get("Cookie"), auth_header)
         try:
             if ticket:
-                userid = node.access.verify_ticket(ticket)
-                ident = Identity(userid, "ticket", ticket)
+                ident = Identity(self.verified(node.access.verify_ticket, ticket), "ticket", ticket)
                 is_upload = method == "POST" and re.fullmatch(r"/nodes/[^/]+/storage/[^/]+/upload", rel) is not None
                 if method != "GET" and not is_upload:
-                    node.access.verify_csrf(userid, self.headers.get("CSRFPreventionToken"))
+                    node.access.verify_csrf(ident.authid, self.headers.get("CSRFPreventionToken"))
             elif auth_header and "PVEAPIToken" in auth_header:
-                ident = node.access.verify_token_header(auth_header)
+                ident = self.verified(node.access.verify_token_header, auth_header)
             else:
                 raise unauthorized("No ticket")
         except ApiError as err:
@@ -285,6 +303,16 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise
         entry["user"] = ident.authid
         return ident
+
+    @staticmethod
+    def verified(check: Callable[[str], Any], credential: str) -> Any:
+        """pve-manager HTTPServer.pm:87-91/100-103: the reason is only logged
+        ("authentication failure: ..."), the client gets 401 "Authentication failed!"."""
+        try:
+            return check(credential)
+        except ApiError as err:
+            log.info("authentication failure: %s", err.message.strip())
+            raise unauthorized("Authentication failed!") from None
 
     def api(self, method: str, path: str, query: str, entry: dict[str, Any]) -> int:
         srv = self.server
@@ -318,23 +346,13 @@ class RequestHandler(BaseHTTPRequestHandler):
         if fail is not None:
             msg = fail.message or "simulated failure"
             raise ApiError(int(fail.status), msg if msg.endswith("\n") else msg + "\n", errors=fail.errors)
-        params: dict[str, Any] = dict(self.form(query))
-        for key, value in body_params.items():
-            if key in params and not isinstance(params[key], list):
-                pass
-            params[key] = value
+        params = {**body_params, **self.form(query)}  # AnyEvent.pm:940-944: the query string wins
         for key, value in uri_params.items():
             if key in params:
                 raise param_error({key: "duplicate parameter (already defined in URI)"})
             params[key] = value
         params.pop("_dc", None)
-        for key, value in list(params.items()):  # repeated keys for non-array params: "\0"-joined like PVE
-            if isinstance(value, list):
-                prop = ep.prop(key) or {}
-                if prop.get("type") != "array":
-                    params[key] = "\0".join(map(str, value))
-            elif (ep.prop(key) or {}).get("type") == "array" and isinstance(value, str):
-                params[key] = [value]
+        normalize_legacy_params(ep, params)
         if ident is not None:
             if ident.via == "token" and not ep.allowtoken:
                 raise ApiError(403, f"URI '{rel}' not available with API token, need proper ticket.\n")

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .formats import is_valid_drivename, print_property_string
+from .formats import is_valid_drivename, parse_boolean, print_property_string
 
 DRIVE_KEY_RE = re.compile(r"^(ide|sata|scsi|virtio)(\d+)$|^(efidisk0|tpmstate0)$")
 UNUSED_RE = re.compile(r"^unused(\d+)$")
@@ -46,6 +46,22 @@ def encode_text(text: str) -> str:
 def decode_text(text: str) -> str:
     raw = re.sub(rb"%([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode())
     return raw.decode("utf-8", "replace")
+
+
+def config_value(value: Any) -> str:
+    """A parameter as qemu-server writes it into the config file.
+
+    Booleans are ``1``/``0``: pve-common accepts only '1'/'0' or a JSON bool for a boolean
+    (JSONSchema.pm:1243,1253) and Perl prints both as 1/0 (a JSON::PP::Boolean stringifies so).
+    """
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def is_flag_set(value: str | None) -> bool:
+    """A boolean config key read like Perl's truth test of a 1/0 value (JSONSchema.pm:1061 parse_boolean)."""
+    return value is not None and parse_boolean(value) == 1
 
 
 def random_mac(prefix: str = "BC:24:11") -> str:
@@ -152,7 +168,8 @@ class VMConf:
 
     @property
     def is_template(self) -> bool:
-        return self.values.get("template") in ("1", "yes", "on", "true")
+        # qemu-server AbstractConfig is_template: template == 1
+        return is_flag_set(self.values.get("template"))
 
     def apply_pending(self) -> None:
         self.values = self.effective()
