@@ -34,6 +34,10 @@ readonly ROOT_LOGIN_OVERRIDE=false
 
 WORK=""
 
+# NixOS keeps commands in /run/current-system/sw/bin and setuid wrappers (sudo) in /run/wrappers/bin
+# (nixos-path.json: path_dirs). Stated here so the scripts do not depend on how sudo or a
+# non-interactive SSH session assembled PATH.
+export PATH="/run/wrappers/bin:/run/current-system/sw/bin:${PATH:-/usr/bin:/bin}"
 STEP=0
 STEP_NAME="start"
 # Where install.sh reports its steps (nixgold's build serves it); empty: nobody listens.
@@ -148,8 +152,8 @@ check_build_key() {
 }
 
 # The report endpoint: Packer's HTTP address (the host part of the base URL) at the status
-# port, under a token only this build knows: the start of the build key's sha256 (nixgold
-# computes the same from the key it generated).
+# port, under a token only this build knows: the start of the sha256 of the build key's line
+# (nixgold computes the same from the key it generated; nixgold/install_status.py).
 set_report_url() {
   local base_url=$1 host token
   if [[ $STATUS_PORT == 0 ]]; then
@@ -157,7 +161,7 @@ set_report_url() {
   fi
   host=${base_url#*://}
   host=${host%:*}
-  token=$(sha256sum "${WORK}/${KEY_NAME}" | cut -c1-16)
+  token=$(printf '%s' "$(<"${WORK}/${KEY_NAME}")" | sha256sum | cut -c1-16)
   REPORT_URL="http://${host}:${STATUS_PORT}/install/${token}"
 }
 

@@ -51,6 +51,7 @@ from .lock import read_lock
 from .manifest import MARKER_KEY
 from .packer import (STAGE_BOOT_WAIT, STAGE_INSTALL, STAGE_TYPING, BuildOutcome, PackerRunner, Redactor, StageSpan,
                      StageTracker)
+from .install_status import InstallReport, InstallStatusServer, report_token
 from .preflight import BUILDING_DESCRIPTION, PreflightResult, check_packer, packer_identity, run_preflight
 from .progress import Progress, StageTiming
 from .proxmox import ProxmoxClient
@@ -225,6 +226,11 @@ class Builder:
         self.build_id = options.build_id or new_build_id()
         self.build_dir = Path(config.build.output_dir) / self.build_id
         self.log: TextIO | None = None
+        self._runner: PackerRunner | None = None
+        self._install_status: InstallStatusServer | None = None
+        self._install_started: float | None = None
+        self._install_last: InstallReport | None = None
+        self._install_failed: InstallReport | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -248,13 +254,42 @@ class Builder:
         self.say(f"packer: {new.name}{detail} ...{took}")
 
     def _tick(self, tracker: StageTracker) -> None:
+        self._install_reports()
         span = tracker.spans[-1] if tracker.spans else None
         if span is None:
             return
         last = getattr(self, "_last_beat", span.started)
         if time.monotonic() - max(last, span.started) >= HEARTBEAT:
             self._last_beat = time.monotonic()
-            self.say(f"packer: still {span.name} ({span.seconds / 60:.0f} min)")
+            where = ""
+            if self._install_last is not None and self._install_last.state == "running":
+                where = f"; install: {self._install_line(self._install_last)}"
+            self.say(f"packer: still {span.name} ({span.seconds / 60:.0f} min{where})")
+
+    def _install_line(self, report: InstallReport) -> str:
+        assert self._install_started is not None
+        elapsed = report.received - self._install_started
+        return f"{report.name} ({report.position}) {int(elapsed // 60)}m{int(elapsed % 60):02d}s"
+
+    def _install_reports(self) -> None:
+        """Show install.sh's new reports; on a failure stop Packer at once (it then cleans up)."""
+        if self._install_status is None:
+            return
+        for report in self._install_status.take():
+            if self._install_started is None:
+                self._install_started = report.received
+            last, self._install_last = self._install_last, report
+            if report.state == "running" and (last is None or (last.step, last.state) != (report.step, report.state)):
+                self.say(f"install: {self._install_line(report)}")
+            elif report.state == "finished":
+                self.say(f"install: finished ({report.position}) after "
+                         f"{(report.received - self._install_started) / 60:.1f} min; rebooting into the installed system")
+            elif report.state == "failed" and self._install_failed is None:
+                self._install_failed = report
+                self.say(f"install: FAILED in step {report.position} ({report.name}), exit code {report.code}: "
+                         f"stopping Packer")
+                assert self._runner is not None
+                self._runner.interrupt("install failure")
 
     # -- the run ---------------------------------------------------------------------------------------
     def run(self) -> BuildResult:
@@ -314,6 +349,21 @@ class Builder:
             self.say(f"warning: {warning}")
         with self.progress.stage("packer validate"):
             runner.validate(template_dir)
+        self._runner = runner
+        if config.build.status_port:
+            # Before anything changes on the cluster: a taken port must not cost the old template.
+            self._install_status = InstallStatusServer(config.build.http_bind_address or "0.0.0.0",
+                                                       config.build.status_port, report_token(key.public_key))
+            self._install_status.start()
+        try:
+            return self._build(inputs, pre, runner, template_dir, started)
+        finally:
+            if self._install_status is not None:
+                self._install_status.stop()
+
+    def _build(self, inputs: Any, pre: PreflightResult, runner: PackerRunner, template_dir: Path,
+               started: float) -> BuildResult:
+        config, dialect = self.config, self.dialect
         if pre.vmid is not None and pre.vmid.status == "replace":
             with self.progress.stage(f"--replace: destroying {pre.vmid.existing['what']} at vmid {pre.vmid.vmid}"):
                 self._destroy(pre.vmid.vmid, str(pre.vmid.existing.get("node") or config.proxmox.node))
@@ -330,6 +380,16 @@ class Builder:
             last = tracker.spans[-1]
             self.progress.timings.append(StageTiming(f"packer: {last.name}", last.seconds, ok=outcome.ok))
         stages = [{"name": s.name, "seconds": round(s.seconds, 1)} for s in tracker.spans]
+        self._install_reports()  # a failure reported in Packer's last second
+        failed = self._install_failed
+        if failed is not None and not sigs.received:
+            self._after_failure(outcome, interrupted=None)
+            self._write_report(stages, outcome="failed", stage=STAGE_INSTALL)
+            tail = [self.redactor(line) for line in failed.log_tail]
+            raise BuildError(f"install.sh failed in step {failed.position} ({self.redactor(failed.name)}) with exit "
+                             f"code {failed.code}; Packer was stopped at once (full output: "
+                             f"{self.build_dir / 'packer.log'})", stage=STAGE_INSTALL, tail=tail,
+                             tail_title="last lines of the install log")
         if sigs.received or outcome.interrupted_by:
             self._after_failure(outcome, interrupted=sigs.received or outcome.interrupted_by)
             raise Interrupted(f"interrupted by {sigs.received or outcome.interrupted_by} during "

@@ -84,12 +84,13 @@ class BuildError(NixgoldError):
 
     exit_code = ExitCode.BUILD
 
-    def __init__(self, message: str, stage: str | None = None, tail: list[str] | None = None):
+    def __init__(self, message: str, stage: str | None = None, tail: list[str] | None = None,
+                 tail_title: str = "last packer output"):
         self.stage = stage
         self.tail = tail or []
         text = message if stage is None else f"build failed during '{stage}': {message}"
         if self.tail:
-            text += "\n  last packer output:\n" + "\n".join(f"    {line}" for line in self.tail)
+            text += f"\n  {tail_title}:\n" + "\n".join(f"    {line}" for line in self.tail)
         super().__init__(text)
 
 

@@ -406,8 +406,11 @@ class PackerRunner:
     # -- the build ------------------------------------------------------------------------------------
     def interrupt(self, signame: str = "SIGINT") -> bool:
         """Forward an interrupt to Packer (its process group). False when Packer is not running."""
-        child = self._child
         self.interrupts.append(signame)
+        return self._forward_sigint()
+
+    def _forward_sigint(self) -> bool:
+        child = self._child
         if child is None or not child.isalive():
             return False
         try:
@@ -451,23 +454,29 @@ class PackerRunner:
                                             dimensions=(50, 1000))
         interrupted_at: float | None = None
         killed = False
+        last_tick = clock()
+        if self.interrupts:  # an interrupt that came before Packer existed: forward it now
+            self._forward_sigint()
         try:
             while True:
-                index = child.expect(["\r?\n", pexpect.EOF, pexpect.TIMEOUT], timeout=1.0)
+                # Time-based work (cleanup deadline, ticks) runs after every line as well as after a
+                # quiet half second: a Packer that prints all the time must not starve it.
+                index = child.expect(["\r?\n", pexpect.EOF, pexpect.TIMEOUT], timeout=0.5)
                 if index == 0:
                     self._line(child.before, tracker, on_stage, on_error_line, on_guest_line)
-                    continue
-                if index == 1:
+                elif index == 1:
                     if child.before:
                         self._line(child.before, tracker, on_stage, on_error_line, on_guest_line)
                     break
+                now = clock()
                 if self.interrupts and interrupted_at is None:
-                    interrupted_at = clock()
-                if interrupted_at is not None and clock() - interrupted_at > cleanup_timeout:
+                    interrupted_at = now
+                if interrupted_at is not None and not killed and now - interrupted_at > cleanup_timeout:
                     self._log(f"# nixgold: Packer did not finish its cleanup within {cleanup_timeout:.0f}s; killing it")
                     self.kill()
                     killed = True
-                if on_tick:
+                if on_tick and now - last_tick >= 1.0:
+                    last_tick = now
                     on_tick(tracker)
         except BaseException:
             # A bug in a callback or an unexpected exception: never leave Packer running alone.

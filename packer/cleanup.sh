@@ -19,6 +19,10 @@ readonly LOG_FILE=""
 readonly SERIAL=""
 readonly SYSTEM_PROFILE="${TEST_ROOT}/nix/var/nix/profiles/system"
 
+# NixOS keeps commands in /run/current-system/sw/bin and setuid wrappers (sudo) in /run/wrappers/bin
+# (nixos-path.json: path_dirs). Stated here so the scripts do not depend on how sudo or a
+# non-interactive SSH session assembled PATH.
+export PATH="/run/wrappers/bin:/run/current-system/sw/bin:${PATH:-/usr/bin:/bin}"
 STEP=0
 STEP_NAME="start"
 # Where install.sh reports its steps (nixgold's build serves it); empty: nobody listens.

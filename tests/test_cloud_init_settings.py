@@ -6,7 +6,6 @@ Each assertion names the cloud-init or nixpkgs source that makes the setting nec
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import shutil
 import stat
@@ -35,9 +34,10 @@ from nixgold.guest_files import (
     render_configuration_nix,
     render_install_sh,
 )
+from nixgold.install_status import parse_report, report_token
 from nixgold.render_inputs import BUILD_KEY_PUB, CONFIGURATION_NIX, RenderInputs, guest_disk_device
 from nixgold.templating import nix_attr_path, nix_bool, nix_str, sh, token
-from tests.helpers.nix import nix, nix_eval_expr, nix_eval_modules as _nix_eval_modules, nix_parse
+from tests.helpers.nix import nix_eval_expr, nix_eval_modules as _nix_eval_modules, nix_parse
 
 HERE = Path(__file__).parent
 OPTIONS = json.loads((HERE / "fixtures" / "nixos-options.json").read_text())
@@ -617,7 +617,8 @@ def parse_reports(text: str) -> list[Report]:
         url, payload = chunk
         head, _, body = payload.partition("\n\n")
         headers = dict(line.split(": ", 1) for line in head.splitlines()[1:])
-        assert head.splitlines()[0] == "nixgold-install-report 1"
+        parsed = parse_report(payload.rstrip("\n"))  # nixgold's endpoint accepts exactly what install.sh sends
+        assert (parsed.state, str(parsed.step), parsed.name) == (headers["state"], headers["step"], headers["name"])
         reports.append(Report(url, headers, body.splitlines()))
     return reports
 
@@ -746,7 +747,7 @@ def test_install_sh_happy_path(firmware: str, root_login: str, tmp_path: Path, n
     assert all(f"step {n}/{total}: {name}" in log for n, total, name in steps)
     assert f"step 1/{len(steps)}:" in (root / "dev" / "ttyS0").read_text()
     # reports: every step from the first on (the key names the endpoint), then "finished"
-    token = sha256(BUILD_KEY + "\n")[:16]
+    token = report_token(BUILD_KEY)  # what nixgold's endpoint listens under
     assert {r.url for r in run.reports} == {f"http://10.0.0.5:{config.build.status_port}/install/{token}"}
     states = [(r.headers["state"], int(r.headers["step"]), r.headers["name"]) for r in run.reports]
     assert states[-1][0] == "finished" and states[-1][1] == len(steps)

@@ -81,3 +81,45 @@ def test_root_login_as_configured(host, ctx):
     actual = sshd_settings(host, "root").get("permitrootlogin", "?")
     assert _normal(actual) == _normal(ctx.permit_root_login), \
         f"sshd -T: permitrootlogin {actual}, but the config says {ctx.permit_root_login}"
+
+
+def root_shell_with_key(address: str, port: int, key_file: str, timeout: float = 20.0) -> tuple[bool, str]:
+    """Log in as root with ``key_file`` and run ``id -u``: (root got a shell, what happened)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())  # a throwaway clone
+    logger = logging.getLogger("paramiko")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        try:
+            client.connect(address, port=port, username="root", key_filename=key_file, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False, allow_agent=False)
+        except paramiko.AuthenticationException:
+            return False, "the key is refused for root"
+        _, stdout, stderr = client.exec_command("id -u", timeout=timeout)
+        first = stdout.readline().strip()
+        if first != "0":
+            # cloud-init's disable_root command prints "Please login as the user ..." and then
+            # sleeps 10 s before exit 142: its first line is the answer, no need to wait.
+            said = " ".join((first or stderr.read().decode(errors="replace")).split())[:160]
+            return False, f"root's key runs something else: {said or 'no output'}"
+        status = stdout.channel.recv_exit_status()
+        return status == 0, f"`id -u` printed 0 (exit {status})"
+    finally:
+        client.close()
+        logger.setLevel(level)
+
+
+@pytest.mark.check("sshd.root-key-login", "root does not get a shell with the clone's cloud-init key")
+def test_root_cannot_use_the_clones_key(host, clone):
+    """cloud-init's ssh module writes the instance's keys to root too (nixpkgs' module default
+    ``disable_root = false``); with PermitRootLogin prohibit-password every PVE key then logs in
+    as root. With ``disable_root: true`` root's copy runs cloud-init's "log in as <user>" command."""
+    endpoint = _endpoint(host, clone)
+    if endpoint is None or not str(clone.ssh_key_file):
+        pytest.skip("needs the clone's address and the injected private key (--ssh-identity-file)")
+    got_shell, what = root_shell_with_key(*endpoint, str(clone.ssh_key_file))
+    assert not got_shell, (f"root logs in with the clone's cloud-init key and gets a shell ({what}): cloud-init "
+                           f"wrote the instance's keys to root (disable_root is false)")

@@ -32,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from nixgold.config import Config
+from tests.testbed.standin import nixos
+
 from . import base
 from .base import ImageBuildError, chroot, default_cache_dir, run
 
@@ -81,7 +84,12 @@ class Variant:
     keep_host_keys: bool = False
     cloud_init_fails: bool = False
     # switches for nixgold.checks' negative tests (CHECK_VARIANTS)
-    preserve_hostname: bool = False  # cloud-init leaves the hostname alone (stays localhost)
+    # NixOS defect 2: /etc/hostname still holds what the build VM's first boot wrote ("nixos"), as a
+    # cleanup.sh that does not delete it leaves it; cloud-init's update_hostname then keeps it.
+    hostname_left: str = ""
+    # NixOS defect 3: cloud-init settings without configuration.nix's disable_root = true (the
+    # nixpkgs module default false): cc_ssh writes each clone's PVE keys to root as well.
+    root_keys: bool = False
     grow_root: bool = True  # cloud-init growpart + resizefs
     build_key: str = ""  # a public key left in /root/.ssh/authorized_keys
     root_password_hash: str = ""  # root gets this password instead of a locked one
@@ -140,9 +148,11 @@ CHECK_VARIANTS: Mapping[str, Variant] = {
         ),
         Variant(
             "defects",
-            "independent defects in one boot: hostname kept (preserve_hostname), root file system not grown "
-            "(growpart/resizefs off), a build key left in root's authorized_keys, a root password set",
-            preserve_hostname=True,
+            "independent defects in one boot: the build VM's hostname left in /etc/hostname (NixOS defect 2), "
+            "cloud-init writes the clone's keys to root (disable_root false, NixOS defect 3), root file system "
+            "not grown (growpart/resizefs off), a build key left in root's authorized_keys, a root password set",
+            hostname_left=nixos.DEFAULT_HOSTNAME,
+            root_keys=True,
             grow_root=False,
             build_key=LEFT_BUILD_KEY,
             root_password_hash=ROOT_PASSWORD_HASH,
@@ -188,9 +198,18 @@ def _variant(variant: str | Variant) -> Variant:
 
 
 def _source_digest() -> str:
-    # This file only: base.py is covered by the base hash, and guest.py and
+    # This file and the NixOS emulation: base.py is covered by the base hash, and guest.py and
     # __init__.py do not shape the image.
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(Path(__file__).read_bytes() + Path(nixos.__file__).read_bytes()).hexdigest()
+
+
+def nixos_settings(v: Variant) -> dict:
+    """The cloud-init settings of the configuration.nix nixgold renders by default (evaluated),
+    as the variant's defect changes them."""
+    settings = dict(nixos.evaluated_settings(Config()))
+    if v.root_keys:
+        settings.pop("disable_root", None)  # the module's mkDefault false applies
+    return settings
 
 
 def recipe_hash(
@@ -207,6 +226,7 @@ def recipe_hash(
         "base": base.base_hash(packages=_packages(v, packages), suite=suite, mirror=mirror),
         "switches": v.switches(),
         "source": _source_digest(),
+        "nixos_cloud_cfg": nixos.cloud_cfg(nixos_settings(v)),
         "disk_size": DISK_SIZE,
         "part_start": PART_START,
         "cmdline": CMDLINE,
@@ -484,7 +504,6 @@ WantedBy=multi-user.target
 
 def configure_tree(root: Path, v: Variant) -> None:
     """Turn the debootstrap base into a cloud template (+ the variant's defect)."""
-    _write(root, "etc/hostname", "localhost\n")
     _write(
         root,
         "etc/hosts",
@@ -508,6 +527,17 @@ def configure_tree(root: Path, v: Variant) -> None:
         "ssh_genkeytypes: [ecdsa, ed25519]\n"
         + CLOUD_MODULES,
     )
+    # The NixOS template's cloud-init settings and hostname handling (tests/testbed/standin/nixos.py):
+    # its module lists (update_hostname, no set_hostname; ssh in the config stage), disable_root,
+    # datasource_list, no host key regeneration; cloud-init always runs; no /etc/hostname (cleanup.sh
+    # deleted the build VM's), os-release's DEFAULT_HOSTNAME=nixos until cloud-init sets the clone's.
+    _write(root, nixos.CLOUD_CFG, nixos.cloud_cfg(nixos_settings(v)))
+    _write(root, nixos.DS_IDENTIFY_CFG, nixos.DS_IDENTIFY)
+    os_release = root / "usr/lib/os-release"
+    os_release.write_text(os_release.read_text() + nixos.OS_RELEASE_LINE)
+    (root / "etc/hostname").unlink(missing_ok=True)
+    if v.hostname_left:
+        _write(root, "etc/hostname", v.hostname_left + "\n")
     chroot(root, "systemctl", "enable", "systemd-networkd.service", "systemd-networkd-wait-online.service")
     # Only wait for one link (eth0), and not forever.
     _write(
@@ -569,8 +599,6 @@ def configure_tree(root: Path, v: Variant) -> None:
         # The keys debootstrap's openssh-server postinst generated stay, and
         # cloud-init (ssh_deletekeys defaults to true) must not replace them.
         _write(root, "etc/cloud/cloud.cfg.d/95_keep_host_keys.cfg", "ssh_deletekeys: false\n")
-    if v.preserve_hostname:
-        _write(root, "etc/cloud/cloud.cfg.d/95_preserve_hostname.cfg", "preserve_hostname: true\n")
     if not v.grow_root:
         _write(root, "etc/cloud/cloud.cfg.d/95_no_grow.cfg", "growpart:\n  mode: 'off'\nresize_rootfs: false\n")
     if v.build_key:
