@@ -38,9 +38,10 @@ def main() -> int:
     parser.add_argument("--key-interval", default="10ms")
     args = parser.parse_args()
 
-    from nixgold.bootcmd import stats
-    from nixgold.config import duration_seconds, load_config
-    from nixgold.install_flow import boot_command
+    from nixgold.bootcmd.stats import stats
+    from nixgold.units import duration_seconds
+    from nixgold.config.load import load_config
+    from nixgold.render.boot_command import boot_command
     from tests.test_build_e2e import STANDIN, build_env, upload_iso, write_config
     from tests.testbed.bed import Testbed
     from tests.testbed.images.installer_iso import build_installer_iso

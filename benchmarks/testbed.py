@@ -55,7 +55,7 @@ def main() -> int:
           flush=True)
     agent, ssh = [], []
     try:
-        from nixgold import sshkeys
+        from nixgold.verify import keys as sshkeys
 
         key = sshkeys.generate("benchmark")
         try:

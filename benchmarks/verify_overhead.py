@@ -39,10 +39,12 @@ def boot_floor(bed: object, count: int = 1) -> tuple[float, float]:
     agent-with-address time)."""
     import threading
 
-    from nixgold import sshkeys
-    from nixgold.config import Credentials
-    from nixgold.proxmox import CloneJob, ProxmoxClient, agent_addresses
-    from nixgold.verify import ssh_login
+    from nixgold.verify import keys as sshkeys
+    from nixgold.config.credentials import Credentials
+    from nixgold.proxmox.vms import CloneJob
+    from nixgold.proxmox.client import ProxmoxClient
+    from nixgold.proxmox.agent import agent_addresses
+    from nixgold.verify.clones import ssh_login
 
     creds = Credentials(url=bed.url, token_id=bed.token_id, token_secret=bed.token_secret,  # type: ignore[attr-defined]
                         ca_bundle=str(bed.ca_path))  # type: ignore[attr-defined]

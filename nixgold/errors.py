@@ -29,6 +29,27 @@ class NixgoldError(Exception):
 
     exit_code: ExitCode = ExitCode.INTERNAL
 
+    @property
+    def cleanup_problems(self) -> list[str]:
+        return list(getattr(self, "_cleanup_problems", []))
+
+    def add_cleanup_problem(self, text: str) -> None:
+        """Attach a problem of the cleanup that followed this error: the error (and its exit code)
+        stays what is reported, the cleanup's trouble is said after it."""
+        self._cleanup_problems = [*self.cleanup_problems, text]
+        first = self.args[0] if self.args else ""
+        self.args = (f"{first}\n  and the cleanup after it: {text}", *self.args[1:])
+
+
+class Hidden:
+    """Stands in for a value that must not be printed (it holds or may hold a secret)."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"<not shown: {self.why}>"
+
 
 @dataclass(frozen=True)
 class ConfigIssue:

@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import SHA256_RE, Config, is_floating_iso_url
-from .errors import ConfigError, ConfigIssue, LockError
+from nixgold.config.model import Config
+from nixgold.config.validate import SHA256_RE, is_floating_iso_url
+from nixgold.errors import ConfigError, ConfigIssue, LockError
 
 LOCK_NAME = "nixgold.lock"
 LOCK_VERSION = 1
@@ -180,3 +181,8 @@ def iso_source(config: Config, lock: IsoLock | None) -> IsoSource:
                         "(nixos.release / iso.channel); run `invoke lock`")
     return IsoSource(volume=None, url=lock.url, sha256=lock.sha256, storage=iso.storage,
                      download_on_pve=iso.download_on_pve, origin=LOCK_NAME, channel=lock.channel)
+
+
+def lock_path(config: Config) -> Path:
+    """nixgold.lock lives next to the config file (the working directory without one)."""
+    return (Path(config.source).resolve().parent if config.source else Path.cwd()) / LOCK_NAME

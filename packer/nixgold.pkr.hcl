@@ -44,6 +44,12 @@ variable "build_id" {
   default     = "manual"
 }
 
+variable "build_vm_name" {
+  type        = string
+  description = "Name of the VM while it is built (nixgold puts the build id in it)"
+  default     = "nixos-golden-building"
+}
+
 variable "git_commit" {
   type        = string
   description = "Commit of the configuration recorded in the manifest"
@@ -88,7 +94,7 @@ source "proxmox-iso" "nixos" {
   insecure_skip_tls_verify = false
   node                     = "pve"
   vm_id                    = 9004
-  vm_name                  = "nixos-golden-building"
+  vm_name                  = var.build_vm_name
   template_name            = "nixos-golden"
   template_description     = replace(jsonencode(local.manifest), "{{", "{\\u007b")
   tags                     = "nixos;golden;nixgold"

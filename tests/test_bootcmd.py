@@ -18,27 +18,11 @@ from hcl2.utils import SerializationOptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nixgold import bootcmd
-from nixgold.bootcmd import (
-    API_LATENCY_S,
-    DEFAULT_KEY_INTERVAL_S,
-    RULES,
-    SPECIAL_KEYS,
-    Chord,
-    Finding,
-    HttpIp,
-    HttpPort,
-    KeyEvent,
-    PressKey,
-    TypeText,
-    Wait,
-    WaitEvent,
-    compile_steps,
-    decode_qemu_keys,
-    lint,
-    parse_to_qemu_keys,
-    stats,
-)
+from nixgold.bootcmd import grammar as bc_grammar
+from nixgold.bootcmd import steps as bc_steps
+from nixgold.bootcmd.stats import API_LATENCY_S, DEFAULT_KEY_INTERVAL_S, stats
+from nixgold.bootcmd.grammar import RULES, Finding, KeyEvent, WaitEvent, decode_qemu_keys, lint, parse_to_qemu_keys
+from nixgold.bootcmd.steps import SPECIAL_KEYS, Chord, HttpIp, HttpPort, PressKey, TypeText, Wait, compile_steps
 from nixgold.errors import BootCommandError
 
 HERE = Path(__file__).parent
@@ -82,13 +66,13 @@ def test_special_keys_agree_with_fixture():
 
 def test_grammar_regexes_agree_with_fixture():
     # SPECIAL_TAG_RE is built from SPECIAL_KEYS, so this also checks the ordered-choice order.
-    assert bootcmd.SPECIAL_TAG_RE == FIXTURE["special_key_regex"]
-    assert bootcmd.WAIT_TAG_RE == FIXTURE["waits"]["regex"]
-    assert bootcmd.CHAR_TOGGLE_RE == re.search(r"regex (\S+)$", FIXTURE["toggles"]["character"]).group(1)
+    assert bc_steps.SPECIAL_TAG_RE == FIXTURE["special_key_regex"]
+    assert bc_steps.WAIT_TAG_RE == FIXTURE["waits"]["regex"]
+    assert bc_steps.CHAR_TOGGLE_RE == re.search(r"regex (\S+)$", FIXTURE["toggles"]["character"]).group(1)
 
 
 def test_rune_map_and_interval_agree_with_fixture():
-    assert bootcmd.PROXMOX_RUNE_MAP == FIXTURE["literal_characters_proxmox"]["mapped_punctuation"]
+    assert bc_steps.PROXMOX_RUNE_MAP == FIXTURE["literal_characters_proxmox"]["mapped_punctuation"]
     default_ms = re.search(r"default (\d+)ms", FIXTURE["timing_proxmox"]["boot_key_interval"]).group(1)
     assert DEFAULT_KEY_INTERVAL_S == int(default_ms) / 1000
 
@@ -224,7 +208,7 @@ def test_invalid_waits_are_packer_errors(boot_command):
 
 
 def test_go_duration_arithmetic():
-    parse = bootcmd._go_parse_duration
+    parse = bc_grammar._go_parse_duration
     assert parse("1h2m3.5s") == 3_723_500_000_000
     assert parse("1.5h") == 5_400_000_000_000
     assert parse("-0") == 0 and parse("0") == 0
@@ -417,7 +401,7 @@ def test_escapes_cost_no_keystrokes():
 
 
 def hcl_quoted(value: str) -> str:
-    """What nixgold.hcl.hcl_string does (kept here so this test does not depend on hcl.py)."""
+    """What nixgold.render.hcl.hcl_string does (kept here so this test does not depend on hcl.py)."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("${", "$${").replace("%{", "%%{")
     return f'"{escaped}"'
 
@@ -556,16 +540,16 @@ def test_lint_and_parse_never_crash_and_agree(boot_command):
 @given(body=st.text(st.sampled_from("0123456789.-smhnuµ x"), max_size=8))
 def test_wait_parser_agrees_with_the_spec_regex(body):
     tag = f"<wait{body}>"
-    exprs, errors = bootcmd._parse(tag)
-    is_wait = len(exprs) == 1 and isinstance(exprs[0], bootcmd._WaitExpr)
+    exprs, errors = bc_grammar._parse(tag)
+    is_wait = len(exprs) == 1 and isinstance(exprs[0], bc_grammar._WaitExpr)
     if not errors:  # pigeon action errors (Go rejects the number) fail the whole parse
-        assert is_wait == bool(re.match(bootcmd.WAIT_TAG_RE, tag))
+        assert is_wait == bool(re.match(bc_steps.WAIT_TAG_RE, tag))
 
 
-# --- the product's boot_command (nixgold.install_flow) ------------------------------------------
+# --- the product's boot_command (nixgold.render.boot_command) ------------------------------------------
 def test_install_line_fits_the_keystroke_budget_and_retries_curl():
-    from nixgold.config import Config
-    from nixgold.install_flow import CURL_RETRY, MAX_KEYSTROKES, boot_command
+    from nixgold.config.model import Config
+    from nixgold.render.boot_command import CURL_RETRY, MAX_KEYSTROKES, boot_command
 
     commands = boot_command(Config())
     worst = stats(commands, DEFAULT_KEY_INTERVAL_S)  # HTTPIP/HTTPPort counted as 255.255.255.255:65535

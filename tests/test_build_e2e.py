@@ -42,7 +42,7 @@ VMID = 9200
 
 def standin_overlay(config: Path, out: Path) -> Path:
     """The stand-in's install.sh/cleanup.sh for this config, rendered from nixgold's templates."""
-    from nixgold.config import load_config
+    from nixgold.config.load import load_config
     from tests.testbed.standin.render import render_overlay
 
     return render_overlay(load_config(config, env={}), out)
@@ -277,7 +277,7 @@ def test_standin_build_then_verify(testbed, before, standin_iso, tmp_path):
     assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", out), out
     # the NixOS defects 2 and 3 are fixed end to end: cleanup forgot the build VM's hostname, root has no key
     for check in ("hostname.clone-name", "sshd.root-key-login", "cloud-init.done"):
-        assert re.search(rf"^{re.escape(check)} +\S+ +PASSED", out, re.M), (check, out)
+        assert re.search(rf"^{re.escape(check)} +\S+ +passed ", out, re.M), (check, out)
     # install.sh reported every step live under "waiting for install/SSH"
     steps = re.findall(r"\] install: (.+) \((\d+)/(\d+)\) \d+m\d\ds$", err, re.M)
     assert steps and [int(n) for _, n, _ in steps] == list(range(1, len(steps) + 1)), err

@@ -1,7 +1,7 @@
-"""nixgold.checks.run_checks and the pytest plugin without guests: the suite runs in-process
+"""nixgold.verify.checks.run_checks and the pytest plugin without guests: the suite runs in-process
 against this machine (testinfra's local backend in place of SSH), plus check modules written
 here to pin down ids, targets, outcomes and one-line reasons. Standalone use (`pytest --hosts=...
-nixgold/checks/`) is run as a subprocess."""
+nixgold/verify/checks/`) is run as a subprocess."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from nixgold.checks import CHECKS_DIR, CheckContext, CheckResult, CloneTarget, run_checks
-from nixgold.checks.plugin import NixgoldMode, describe, public_key_of
+from nixgold.verify.checks import CHECKS_DIR, CheckContext, CheckResult, CloneTarget, run_checks
+from nixgold.verify.checks.plugin import NixgoldMode, describe, public_key_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_checks_that_need_proxmox_fail_when_the_agent_does_not_answer(local_host
 
 def test_an_unreachable_clone_fails_fast_with_one_reason(tmp_path):
     """Real paramiko, nothing listening: every check on that clone is an error at once, not a timeout each."""
-    from nixgold import sshkeys
+    from nixgold.verify import keys as sshkeys
 
     key = sshkeys.generate("t", tmp_path)
     clone = CloneTarget(vmid=100, name="gone", node="pve", address="127.0.0.1", ssh_user="nixgold",
@@ -158,7 +158,7 @@ def test_describe_keeps_reasons_to_one_line():
 
 
 def test_public_key_of_an_identity_file(tmp_path):
-    from nixgold import sshkeys
+    from nixgold.verify import keys as sshkeys
 
     key = sshkeys.generate("c", tmp_path)
     assert public_key_of(str(key.private_key_file)) == " ".join(key.public_key.split()[:2])
@@ -168,7 +168,7 @@ def test_public_key_of_an_identity_file(tmp_path):
 
 
 def test_standalone_pytest_run_skips_what_needs_proxmox(tmp_path):
-    """`pytest --hosts=... nixgold/checks/` without nixgold: context from the command line."""
+    """`pytest --hosts=... nixgold/verify/checks/` without nixgold: context from the command line."""
     junit = tmp_path / "junit.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "--hosts=local://", str(CHECKS_DIR), "-p", "no:cacheprovider",
                            "--nixgold-profile", "generic", "-rs", "--junitxml", str(junit)],

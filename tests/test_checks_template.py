@@ -1,4 +1,4 @@
-"""Template pre-checks (nixgold.checks.template): each one passes on a good template config and fails
+"""Template pre-checks (nixgold.verify.checks.template): each one passes on a good template config and fails
 on a bad one. The configs are shaped like PVE's ``GET /nodes/{node}/qemu/{vmid}/config`` answers
 (the simulator answers the same shape; the last test reads one from it)."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nixgold.checks import BLOCKING_TEMPLATE_CHECKS, TEMPLATE_CHECKS, CheckResult, template_checks
+from nixgold.verify.checks import BLOCKING_TEMPLATE_CHECKS, TEMPLATE_CHECKS, CheckResult, template_checks
 
 MANIFEST = json.dumps({"nixgold_manifest": 1, "nixgold_version": "0.1.0", "config_sha256": "0" * 64,
                        "nixos_release": "26.05", "template_vmid": 9004, "template_name": "nixos-golden",

@@ -1,4 +1,4 @@
-"""Every guest check of nixgold.checks passes on a healthy clone and FAILS on a broken one.
+"""Every guest check of nixgold.verify.checks passes on a healthy clone and FAILS on a broken one.
 
 Boots are the cost (TCG, 2 cores), so few guests do all the work:
 
@@ -6,7 +6,7 @@ Boots are the cost (TCG, 2 cores), so few guests do all the work:
   configuration.nix, Debian's nix) run the suite together: everything passes on both, except the
   four NixOS checks on the Debian ``good`` clone (they fail there: that is their negative);
   ``--profile generic`` skips exactly those. Then runtime defects are put into the ``good`` clone
-  over SSH and the suite runs again (see nixgold/checks/README.md for which defect proves what);
+  over SSH and the suite runs again (see nixgold/verify/checks/README.md for which defect proves what);
 * ``defects``: one clone of the ``defects`` variant (several independent image defects in one boot)
   with the agent switched off and ``console=ttyS0`` dropped in its Proxmox config;
 * the required ``invoke verify --profile generic`` runs, one per broken stand-in variant, in pairs.
@@ -26,11 +26,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import pytest
 
-from nixgold import sshkeys
-from nixgold.checks import CheckContext, CheckResult, CloneTarget, run_checks
-from nixgold.config import Credentials
-from nixgold.proxmox import ProxmoxClient
-from nixgold.verify import boot_disk, net0_mac, ssh_login
+from nixgold.verify import keys as sshkeys
+from nixgold.verify.checks import CheckContext, CheckResult, CloneTarget, run_checks
+from nixgold.config.credentials import Credentials
+from nixgold.proxmox.client import ProxmoxClient
+from nixgold.verify.clones import boot_disk, net0_mac, ssh_login
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "nixgold"

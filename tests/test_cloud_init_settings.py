@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from nixgold.config import parse_config
-from nixgold.guest_files import TEMPLATE_PACKAGES, render_cleanup_sh, render_configuration_nix
-from nixgold.render_inputs import RenderInputs
+from nixgold.config.load import parse_config
+from nixgold.render.guest_files import TEMPLATE_PACKAGES, render_cleanup_sh, render_configuration_nix
+from nixgold.render.inputs import RenderInputs
 from tests.helpers.cloud_init import MODULE, configured_settings, effective_settings
 from tests.helpers.nix import nix_eval_modules
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nixgold.config import load_config
-from nixgold.render import prepare_inputs, render_files
+from nixgold.config.load import load_config
+from nixgold.render.files import prepare_inputs, render_files
 
 REPO = Path(__file__).resolve().parents[1]
 

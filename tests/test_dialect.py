@@ -6,8 +6,14 @@ import shutil
 
 import pytest
 
-from nixgold.config import parse_config
-from nixgold.dialect import PackerInfo, choose_dialect, detect_packer, dialect_for_version, parse_packer_version
+from nixgold.config.load import parse_config
+from nixgold.packer.dialect import (
+    PackerInfo,
+    choose_dialect,
+    detect_packer,
+    dialect_for_version,
+    parse_packer_version,
+)
 from nixgold.errors import ConfigError, PreflightError
 
 

@@ -25,10 +25,16 @@ from typing import Any
 
 import pytest
 
-from nixgold import guest_files
-from nixgold.config import Config, parse_config
-from nixgold.guest_files import TEMPLATE_PACKAGES, render_cleanup_sh, render_configuration_nix, render_install_sh
-from nixgold.render_inputs import RenderInputs
+from nixgold.render import guest_files
+from nixgold.config.model import Config
+from nixgold.config.load import parse_config
+from nixgold.render.guest_files import (
+    TEMPLATE_PACKAGES,
+    render_cleanup_sh,
+    render_configuration_nix,
+    render_install_sh,
+)
+from nixgold.render.inputs import RenderInputs
 from tests.helpers.nix import nix_eval_modules
 from tests.helpers.shell_commands import ShellParseError, script_commands
 
@@ -164,8 +170,8 @@ def test_an_unvouched_computed_command_fails() -> None:
 
 def test_the_typed_line_uses_only_what_the_live_shell_has() -> None:
     """The boot_command's line runs in the ISO's autologin shell: curl, sudo and bash."""
-    from nixgold.install_flow import install_steps
-    from nixgold.bootcmd import TypeText
+    from nixgold.render.boot_command import install_steps
+    from nixgold.bootcmd.steps import TypeText
 
     text = "".join(s.text for s in install_steps(parse_config({})) if isinstance(s, TypeText))
     line = text.replace("$u", '"$u"')

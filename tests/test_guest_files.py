@@ -24,19 +24,20 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from nixgold import templating
-from nixgold.config import Config, UserSettings, parse_config
+from nixgold.render import templating
+from nixgold.config.model import Config, UserSettings
+from nixgold.config.load import parse_config
 from nixgold.errors import ConfigError, RenderError
-from nixgold.guest_files import (
+from nixgold.render.guest_files import (
     BUILD_OVERRIDE_NIX,
     TEMPLATE_PACKAGES,
     render_cleanup_sh,
     render_configuration_nix,
     render_install_sh,
 )
-from nixgold.install_status import parse_report, report_token
-from nixgold.render_inputs import BUILD_KEY_PUB, CONFIGURATION_NIX, RenderInputs, guest_disk_device
-from nixgold.templating import nix_attr_path, nix_bool, nix_str, sh, token
+from nixgold.build.install_status import parse_report, report_token
+from nixgold.render.inputs import BUILD_KEY_PUB, CONFIGURATION_NIX, RenderInputs, guest_disk_device
+from nixgold.render.templating import nix_attr_path, nix_bool, nix_str, sh, token
 from tests.helpers.nix import nix_eval_expr, nix_eval_modules as _nix_eval_modules, nix_parse
 
 HERE = Path(__file__).parent

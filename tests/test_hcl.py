@@ -1,4 +1,4 @@
-"""nixgold.hcl: the Packer template as data, checked against the builders' schemas and real Packer.
+"""nixgold.render.packer_template: the Packer template as data, checked against the builders' schemas and real Packer.
 
 Schemas (copied into tests/fixtures, see their ``_source``):
 * ``proxmox-iso-1.2.4.json``: packer-plugin-proxmox v1.2.4, the plugin dialect's target;
@@ -27,21 +27,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nixgold import hcl
-from nixgold.config import load_credentials, parse_config
+from nixgold.render import hcl
+from nixgold.render import packer_template as template_module
+from nixgold.config.credentials import load_credentials
+from nixgold.config.load import parse_config
 from nixgold.errors import ConfigError, RenderError
-from nixgold.hcl import (
-    SENSITIVE_VARIABLES,
-    format_hcl,
-    hcl_string,
-    hcl_unquote,
-    packer_template,
-    packer_variable_names,
-    render_hcl,
-)
+from nixgold.render.packer_template import SENSITIVE_VARIABLES, packer_template, packer_variable_names, render_hcl
+from nixgold.render.hcl import format_hcl, hcl_string, hcl_unquote
 from nixgold.lock import IsoSource
-from nixgold.manifest import static_manifest
-from nixgold.render_inputs import (
+from nixgold.render.manifest import static_manifest
+from nixgold.render.inputs import (
     BUILD_KEY_PUB,
     CLEANUP_SCRIPT,
     CONFIGURATION_NIX,
@@ -128,7 +123,7 @@ def rendered() -> dict[str, tuple[RenderInputs, str]]:
 
 # --- reading rendered HCL back ---------------------------------------------------------------------
 def builder_of(dialect: str) -> str:
-    return hcl.PLUGIN_BUILDER if dialect == "plugin" else hcl.BUNDLED_BUILDER
+    return template_module.PLUGIN_BUILDER if dialect == "plugin" else template_module.BUNDLED_BUILDER
 
 
 def source_body(data: dict[str, Any], dialect: str) -> dict[str, Any]:
@@ -157,6 +152,15 @@ def literal(value: Any) -> str | None:
         except ValueError:
             return None
     return None
+
+
+def variable_default(data: dict[str, Any], value: Any) -> str | None:
+    """A literal's value, or for ``${var.x}`` the literal default of variable x (what a plain
+    `packer build` uses; nixgold passes a value of the same shape)."""
+    if isinstance(value, str) and value.startswith("${var.") and value.endswith("}"):
+        body = variables(data).get(value[len("${var."):-1], {})
+        return literal(body.get("default"))
+    return literal(value)
 
 
 # --- schema conformance --------------------------------------------------------------------------------
@@ -315,8 +319,9 @@ def spec_problems(data: dict[str, Any], dialect: str) -> list[str]:
                 item_re.match(literal(s) or "") for s in serials):
             problems.append(f"serials {serials} break the spec's item rules")
         dns_name = spec["attributes"]["vm_name"]["pattern"]  # template_name: "same DNS-name regex"
-        for key in ("vm_name", "template_name"):
-            if key in src and not re.fullmatch(dns_name, literal(src[key]) or ""):
+        names = {"vm_name": variable_default(data, src.get("vm_name")), "template_name": literal(src.get("template_name"))}
+        for key, value in names.items():
+            if key in src and not re.fullmatch(dns_name, value or ""):
                 problems.append(f"{key} is not a DNS name")
         problems += required_plugins_problems(data)
     else:
@@ -358,7 +363,9 @@ def test_rendered_template_conforms_to_the_builder_schema(rendered, case):
     config = inputs.config
     assert literal(src["node"]) == config.proxmox.node
     assert src["vm_id"] == config.template.vmid
-    assert literal(src["vm_name"]) == f"{config.template.name}-building"
+    # the build VM's name is a variable: nixgold passes one with the build id (the ownership proof)
+    assert src["vm_name"] == "${var.build_vm_name}"
+    assert variable_default(data, src["vm_name"]) == f"{config.template.name}-building"
     assert literal(src["template_name"]) == config.template.name
     assert src["template_description"] == '${replace(jsonencode(local.manifest), "{{", "{\\\\u007b")}'
     assert literal(src["boot"]) == f"order={config.vm.disk_type}0;ide2"
@@ -414,7 +421,7 @@ def test_variables_and_their_defaults(dialect, iso):
     assert list(declared) == packer_variable_names(dialect, iso != "volume")
     assert all(body["type"] == "string" for body in declared.values())
     defaults = {name: literal(body["default"]) for name, body in declared.items() if "default" in body}
-    expected = {"build_id": "manual", "git_commit": "unknown"}
+    expected = {"build_id": "manual", "git_commit": "unknown", "build_vm_name": "nixos-golden-building"}
     if iso == "url":
         expected |= {"iso_url": ISO_URL, "iso_sha256": SHA}
     assert defaults == expected  # iso "none": not pinned yet, so no default (PKR_VAR_iso_* / -var)
@@ -428,7 +435,7 @@ def test_variables_and_their_defaults(dialect, iso):
 
 
 def test_variable_names_per_dialect():
-    common = ["build_private_key_file", "build_id", "git_commit"]
+    common = ["build_private_key_file", "build_id", "build_vm_name", "git_commit"]
     assert packer_variable_names("plugin", False) == [
         "proxmox_url", "proxmox_username", "proxmox_token", "build_public_key", *common]
     assert packer_variable_names("bundled", True) == [
@@ -801,9 +808,9 @@ def test_real_packer_agrees_on_hostile_strings(packer_16, tmp_path):
 def test_render_refuses_output_that_does_not_parse_back(monkeypatch):
     """render_hcl re-reads its own output; text python-hcl2 reads differently is an error."""
     real = hcl.format_hcl
-    monkeypatch.setattr(hcl, "format_hcl", lambda text, **kw: real(text, **kw).replace('"pve"', '"pve2"'))
+    monkeypatch.setattr(template_module, "format_hcl", lambda text, **kw: real(text, **kw).replace('"pve"', '"pve2"'))
     with pytest.raises(RenderError, match="parses back to different data"):
         render_hcl(make_inputs())
-    monkeypatch.setattr(hcl, "format_hcl", lambda text, **kw: real(text, **kw) + "}\n")
+    monkeypatch.setattr(template_module, "format_hcl", lambda text, **kw: real(text, **kw) + "}\n")
     with pytest.raises(RenderError, match="does not parse back"):
         render_hcl(make_inputs())

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from nixgold.errors import PreflightError
-from nixgold.install_status import MAX_BODY, InstallStatusServer, parse_report, report_token
+from nixgold.build.install_status import MAX_BODY, InstallStatusServer, parse_report, report_token
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMbbAdzDTczAgOkk8e6klmU3bUmAxOnTrfF6wOq1w6HR nixgold-build-x"
 RUNNING = "nixgold-install-report 1\nstate: running\nstep: 4\ntotal: 12\nname: nixos-install (this takes a while)\ncode: 0\n"

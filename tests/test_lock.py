@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from nixgold.config import parse_config
+from nixgold.config.load import parse_config
 from nixgold.errors import ConfigError, LockError
 from nixgold.lock import IsoLock, channel_latest_url, iso_source, read_lock, resolve_channel, write_lock
 from tests.helpers.tls import make_ca

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from nixgold import __version__
-from nixgold.config import Config, parse_config
-from nixgold.manifest import MARKER_KEY, ManifestError, parse_manifest, static_manifest
+from nixgold.config.model import Config
+from nixgold.config.load import parse_config
+from nixgold.render.manifest import MARKER_KEY, ManifestError, parse_manifest, static_manifest
 
 
 def test_static_manifest_round_trips_through_a_description() -> None:

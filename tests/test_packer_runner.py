@@ -12,11 +12,24 @@ from pathlib import Path
 
 import pytest
 
-from nixgold import packer as pk
+from nixgold.packer import output
 from tests.helpers import procs
 from nixgold.errors import BuildError
-from nixgold.packer import (STAGE_BOOT_WAIT, STAGE_CLEANUP, STAGE_CONVERT, STAGE_CREATE, STAGE_INSTALL, STAGE_ORDER,
-                            STAGE_PROVISION, STAGE_TYPING, PackerRunner, Redactor, StageTracker, parse_line, stage_for)
+from nixgold.packer.output import (
+    STAGE_BOOT_WAIT,
+    STAGE_CLEANUP,
+    STAGE_CONVERT,
+    STAGE_CREATE,
+    STAGE_INSTALL,
+    STAGE_ORDER,
+    STAGE_PROVISION,
+    STAGE_TYPING,
+    StageTracker,
+    parse_line,
+    stage_for,
+)
+from nixgold.packer.runner import PackerRunner
+from nixgold.secrets import Redactor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "packer-output"
 SECRET = "Pw-d0nt-l3ak,with:comma"  # capture.SECRET
@@ -52,21 +65,20 @@ def test_packer_166_does_not_redact_sensitive_variables_in_machine_readable_mode
     """The fact nixgold's own redaction exists for: raw in -machine-readable, <sensitive> in the human UI."""
     machine = (FIXTURES / "build-success.machine.txt").read_text()
     human = (FIXTURES / "build-success.human.txt").read_text()
-    assert SECRET.replace(",", pk.COMMA) in machine
+    assert SECRET.replace(",", output.COMMA) in machine
     assert "<sensitive>" in human and SECRET not in human
     assert (FIXTURES / "version.txt").read_text().startswith("Packer v1.6.6")
 
 
 def test_redactor_covers_raw_escaped_and_decoded_forms():
-    r = Redactor([SECRET, "short", ""])
+    r = Redactor([SECRET, ""], spellings=[output.machine_readable_spellings])
     for raw in (FIXTURES / "build-success.machine.txt").read_text().splitlines():
-        assert SECRET.replace(",", pk.COMMA) not in r(raw)
+        assert SECRET.replace(",", output.COMMA) not in r(raw)
         line = parse_line(r(raw))
         if line is not None and line.is_ui:
             assert SECRET not in r(line.ui_text)
     assert r(f"a {SECRET} b") == "a *** b"
-    assert Redactor(["abc"])("abcabc") == "abcabc"  # too short to redact safely
-    multi = Redactor(["line1\nline2"])
+    multi = Redactor(["line1\nline2"], spellings=[output.machine_readable_spellings])
     assert multi("x line1\\nline2 y") == "x *** y"
 
 
@@ -126,7 +138,7 @@ def test_stage_table_matches_the_builders_strings(dialect):
     for message, stage in cases:
         assert stage_for(dialect, message) == stage, message
     assert stage_for(dialect, "some provisioner output") is None
-    for rule in pk.STAGE_RULES[dialect]:
+    for rule in output.STAGE_RULES[dialect]:
         assert rule.stage in STAGE_ORDER and rule.source
 
 
@@ -155,13 +167,13 @@ def test_runner_build_redacts_log_and_callbacks(tmp_path):
     shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
     log = io.StringIO()
     seen: list[str] = []
-    runner = PackerRunner(PACKER, env=_env(), redact=Redactor([SECRET]), log=log, cwd=tmp_path)
+    runner = PackerRunner(PACKER, env=_env(), redact=Redactor([SECRET], spellings=[output.machine_readable_spellings]), log=log, cwd=tmp_path)
     outcome = runner.build(tmp_path / "null.pkr.hcl", dialect="bundled", on_stage=lambda a, b: seen.append(b.name))
     assert outcome.ok and outcome.exit_status == 0 and outcome.tracker.artifact_id == "Null"
-    assert seen == [pk.STAGE_START]
+    assert seen == [output.STAGE_START]
     text = log.getvalue()
     assert "a value with%!(PACKER_COMMA) commas and a password: ***" in text
-    assert SECRET not in text and SECRET.replace(",", pk.COMMA) not in text
+    assert SECRET not in text and SECRET.replace(",", output.COMMA) not in text
     assert all(SECRET not in line for line in outcome.tracker.tail())
 
 
@@ -169,7 +181,7 @@ def test_runner_build_redacts_log_and_callbacks(tmp_path):
 def test_runner_failure_and_validate_error(tmp_path):
     shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
     errors: list[str] = []
-    runner = PackerRunner(PACKER, env=_env(PKR_VAR_mode="fail"), redact=Redactor([SECRET]), cwd=tmp_path)
+    runner = PackerRunner(PACKER, env=_env(PKR_VAR_mode="fail"), redact=Redactor([SECRET], spellings=[output.machine_readable_spellings]), cwd=tmp_path)
     outcome = runner.build(tmp_path / "null.pkr.hcl", dialect="bundled", on_error_line=errors.append)
     assert not outcome.ok and outcome.exit_status == 1
     assert errors[0] == "install.sh: step partition failed: parted exited 1"
@@ -184,7 +196,7 @@ def test_runner_failure_and_validate_error(tmp_path):
 @needs_packer
 def test_interrupt_is_forwarded_and_secrets_never_reach_argv(tmp_path):
     shutil.copy(FIXTURES / "null.pkr.hcl", tmp_path)
-    runner = PackerRunner(PACKER, env=_env(PKR_VAR_mode="interrupt"), redact=Redactor([SECRET]), cwd=tmp_path)
+    runner = PackerRunner(PACKER, env=_env(PKR_VAR_mode="interrupt"), redact=Redactor([SECRET], spellings=[output.machine_readable_spellings]), cwd=tmp_path)
     argvs: list[str] = []
 
     def watch() -> None:
@@ -210,9 +222,9 @@ def test_interrupt_is_forwarded_and_secrets_never_reach_argv(tmp_path):
 
 # --- Packer's environment and the build dir (nixgold.build helpers) --------------------------------------
 def test_packer_environment_holds_exactly_the_secrets_packer_needs(tmp_path):
-    from nixgold import buildkeys
-    from nixgold.build import packer_environment
-    from nixgold.config import Credentials
+    from nixgold.build import keys as buildkeys
+    from nixgold.packer.env import packer_environment
+    from nixgold.config.credentials import Credentials
 
     ca = tmp_path / "ca.pem"
     ca.write_text("pem")
@@ -222,22 +234,30 @@ def test_packer_environment_holds_exactly_the_secrets_packer_needs(tmp_path):
             "NIXGOLD_CONFIG": "/x", "PKR_VAR_other": "y", "PACKER_LOG": "1", "HOME": "/root"}
     creds = Credentials(url="https://pve:8006/api2/json", token_id="u@pve!t", token_secret="tok-secret",
                         username="u@pve", password="pw-secret", ca_bundle=str(ca))
-    env = packer_environment(base, dialect="bundled", creds=creds, key=key, build_id="bid", commit="abc",
+    env = packer_environment(base, dialect="bundled", creds=creds, private_key_file=key.private_key_file,
+                             public_key=key.public_key, build_id="bid", build_vm_name="golden-build-bid", commit="abc",
                              iso_url=None, iso_sha256=None)
     assert env["PKR_VAR_proxmox_password"] == "pw-secret" and "PKR_VAR_proxmox_token" not in env
     assert env["PKR_VAR_proxmox_username"] == "u@pve" and env["PKR_VAR_build_private_key_file"] == str(key.private_key_file)
     assert env["SSL_CERT_FILE"] == str(ca.resolve()) and env["CHECKPOINT_DISABLE"] == "1"
     assert not any(k.startswith(("PROXMOX_", "NIXGOLD_", "PACKER_LOG")) for k in env) and "PKR_VAR_other" not in env
     assert "tok-secret" not in env.values()
-    plugin = packer_environment(base, dialect="plugin", creds=creds, key=key, build_id="bid", commit="abc",
-                                iso_url="https://x/n.iso", iso_sha256="a" * 64)
+    plugin = packer_environment(base, dialect="plugin", creds=creds, private_key_file=key.private_key_file,
+                                public_key=key.public_key, build_id="bid", build_vm_name="golden-build-bid",
+                                commit="abc", iso_url="https://x/n.iso", iso_sha256="a" * 64)
     assert plugin["PKR_VAR_proxmox_token"] == "tok-secret" and plugin["PKR_VAR_proxmox_username"] == "u@pve!t"
     assert plugin["PKR_VAR_build_public_key"] == key.public_key and "pw-secret" not in plugin.values()
     assert plugin["PKR_VAR_iso_url"] == "https://x/n.iso"
+    assert env["PKR_VAR_build_vm_name"] == plugin["PKR_VAR_build_vm_name"] == "golden-build-bid"
+    # `packer version` / `plugins installed` / `init` get no secret and none of our variables at all
+    from nixgold.packer.env import tool_environment
+
+    tools = tool_environment({**base, "AWS_SECRET_ACCESS_KEY": "aws-secret", "RANDOM_VAR": "r"})
+    assert tools == {"PATH": "/usr/bin", "HOME": "/root", "CHECKPOINT_DISABLE": "1"}
 
 
 def test_overlay_replaces_rendered_files_keeping_modes(tmp_path):
-    from nixgold.build import apply_overlay
+    from nixgold.render.files import apply_overlay
 
     root, overlay = tmp_path / "root", tmp_path / "overlay"
     (root / "http").mkdir(parents=True)
@@ -255,13 +275,13 @@ def test_overlay_replaces_rendered_files_keeping_modes(tmp_path):
 
 
 def test_packer_166_iso_unmount_bug_is_recognised_only_after_conversion():
-    from nixgold.build import UNMOUNT_BUG, Builder
-    from nixgold.packer import BuildOutcome
+    from nixgold.build.builder import UNMOUNT_BUG, Builder
+    from nixgold.packer.runner import BuildOutcome
 
     def outcome(*messages: tuple[str, str]) -> BuildOutcome:
         t = StageTracker("bundled")
         for i, (kind, text) in enumerate(messages):
-            t.feed(parse_line(f"{i},,ui,{kind},==> nixgold.proxmox.nixos: {text.replace(',', pk.COMMA)}"))
+            t.feed(parse_line(f"{i},,ui,{kind},==> nixgold.proxmox.nixos: {text.replace(',', output.COMMA)}"))
         return BuildOutcome(exit_status=1, tracker=t)
 
     builder = Builder.__new__(Builder)
@@ -276,8 +296,8 @@ def test_packer_166_iso_unmount_bug_is_recognised_only_after_conversion():
 
 
 def test_real_complete_bundled_build_and_packer_166_unmount_bug():
-    from nixgold.build import UNMOUNT_BUG, Builder
-    from nixgold.packer import BuildOutcome
+    from nixgold.build.builder import UNMOUNT_BUG, Builder
+    from nixgold.packer.runner import BuildOutcome
 
     t = feed("proxmox-bundled-built-unmount-bug.log")
     assert [s.name for s in t.spans] == [STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_INSTALL, STAGE_PROVISION,
@@ -290,8 +310,8 @@ def test_real_complete_bundled_build_and_packer_166_unmount_bug():
 
 def test_a_provisioner_scripts_stderr_is_guest_output_not_a_packer_error():
     """Real output: cleanup.sh logs on stderr, which Packer 1.6.6 prints as ui,error."""
-    from nixgold.build import UNMOUNT_BUG, Builder
-    from nixgold.packer import BuildOutcome
+    from nixgold.build.builder import UNMOUNT_BUG, Builder
+    from nixgold.packer.runner import BuildOutcome
 
     t = feed("proxmox-bundled-standin-cleanup-stderr.log")
     assert any("nixgold-cleanup: step 1: reset cloud-init" in line for line in t.guest_stderr)
@@ -304,7 +324,7 @@ def test_a_provisioner_scripts_stderr_is_guest_output_not_a_packer_error():
 
 def test_a_failing_provisioner_fails_the_provisioning_stage():
     def line(i: int, kind: str, text: str) -> str:
-        return f"{i},,ui,{kind},==> nixgold.proxmox.nixos: {text.replace(',', pk.COMMA)}"
+        return f"{i},,ui,{kind},==> nixgold.proxmox.nixos: {text.replace(',', output.COMMA)}"
 
     t = StageTracker("bundled")
     for i, raw in enumerate([

@@ -9,12 +9,20 @@ from typing import Any
 
 import pytest
 
-from nixgold.config import Config, Credentials, load_config
+from nixgold.config.model import Config
+from nixgold.config.credentials import Credentials
+from nixgold.config.load import load_config
 from nixgold.errors import ConfigError, PreflightError
-from nixgold.packer import PackerRunner, Redactor
-from nixgold.preflight import (VM_CONFIG_PRIVS, check_packer, missing_privileges, required_privileges,
-                               run_preflight)
-from nixgold.proxmox import ProxmoxClient
+from nixgold.packer.runner import PackerRunner
+from nixgold.secrets import Redactor
+from nixgold.build.preflight import (
+    VM_CONFIG_PRIVS,
+    check_packer,
+    missing_privileges,
+    required_privileges,
+    run_preflight,
+)
+from nixgold.proxmox.client import ProxmoxClient
 
 ISO = "local:iso/preflight-test.iso"
 
@@ -132,7 +140,7 @@ def test_plugin_dialect_without_plugin_runs_packer_init(tmp_path):
 
 
 def test_missing_credentials_are_config_errors():
-    from nixgold.preflight import check_credentials
+    from nixgold.build.preflight import check_credentials
 
     with pytest.raises(ConfigError) as info:
         check_credentials("bundled", Credentials(url="https://pve:8006/api2/json", token_id="a@pve!b", token_secret="x"))
@@ -161,7 +169,7 @@ def creds_for(bed: Any, user: str, password: str) -> Credentials:
 
 def preflight(bed: Any, config: Config, creds: Credentials, replace: bool = False):
     packer = (check_packer(config) if config.build.dialect != "auto" else None)
-    from nixgold.dialect import PackerInfo
+    from nixgold.packer.dialect import PackerInfo
 
     fixed = packer or (PackerInfo("/usr/bin/packer", (1, 6, 6)), "bundled", "test")
     with bed.enter():

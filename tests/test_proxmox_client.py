@@ -21,10 +21,19 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixgold.config import Credentials
+from nixgold.config.credentials import Credentials
 from nixgold.errors import ProxmoxError, ProxmoxTaskError
-from nixgold.proxmox import (CloneJob, ProxmoxClient, RetryPolicy, agent_addresses, encode_params, encode_sshkeys,
-                             parse_upid, permission_message, task_succeeded)
+from nixgold.proxmox.vms import CloneJob, run_clone
+from nixgold.proxmox.client import (
+    ProxmoxClient,
+    RetryPolicy,
+    encode_params,
+    encode_sshkeys,
+    parse_upid,
+    permission_message,
+    task_succeeded,
+)
+from nixgold.proxmox.agent import agent_addresses
 from tests.testbed.pvesim.errors import ApiError
 from tests.testbed.pvesim.schema import load_schema
 
@@ -165,7 +174,7 @@ def test_python_true_is_rejected_by_the_schema_and_the_client_sends_1_0():
 
 
 def test_the_simulator_rejects_true_and_accepts_what_the_client_sends(testbed, client):
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "bools", full=False), timeout=60)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "bools", full=False), timeout=60)
     raw = testbed.proxmoxer()  # plain proxmoxer passes Python's True through as the string "True"
     from proxmoxer import ResourceException
 
@@ -266,7 +275,7 @@ def test_wait_task_raises_with_the_log_tail_and_on_timeout():
 
 def test_tasks_on_the_simulator(testbed, client):
     sim = testbed.sim_admin
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "task-ok"), timeout=60)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "task-ok"), timeout=60)
     assert job.done and job.upid is None and client.find_vm(job.vmid)["name"] == "task-ok"
 
     sim.task_error("POST", "/nodes/*/qemu/*/clone", "clone failed: injected storage error")
@@ -303,7 +312,7 @@ def test_password_login_is_the_fallback_and_its_failure_is_clear(testbed):
                           password=testbed.user_password)
         client = ProxmoxClient(creds, retry=FAST)
         assert client.vm_config("pve", TEMPLATE)["template"] == 1
-        job = client.run_clone(CloneJob("pve", TEMPLATE, "ticket-clone"), timeout=60)  # POST needs CSRF
+        job = run_clone(client, CloneJob("pve", TEMPLATE, "ticket-clone"), timeout=60)  # POST needs CSRF
         destroy(client, job.vmid)
         with pytest.raises(ProxmoxError, match="check PROXMOX_USERNAME/PROXMOX_PASSWORD") as info:
             ProxmoxClient(bed_creds(testbed, token_id=None, token_secret=None, username="nixgold@pve",
@@ -352,7 +361,7 @@ def test_requests_never_log_bodies(testbed, caplog):
         with caplog.at_level(logging.DEBUG):
             client = ProxmoxClient(creds, retry=FAST)
             logging.getLogger("proxmoxer.core").setLevel(logging.DEBUG)  # even if someone turns it on
-            job = client.run_clone(CloneJob("pve", TEMPLATE, "no-log"), timeout=60)
+            job = run_clone(client, CloneJob("pve", TEMPLATE, "no-log"), timeout=60)
             client.set_config("pve", job.vmid, sshkeys=[key], ciuser="nixgold")
             destroy(client, job.vmid)
     text = caplog.text
@@ -384,7 +393,7 @@ def test_a_failed_clone_post_is_not_blindly_retried(testbed, client, status):
     seq = last_seq(testbed)
     job = CloneJob("pve", TEMPLATE, "never")
     with pytest.raises(ProxmoxError, match="injected: storage offline") as info:
-        client.run_clone(job, timeout=60)
+        run_clone(client, job, timeout=60)
     assert info.value.status == status and info.value.exit_code == 6
     assert len(calls_since(testbed, seq, "POST", r".*/clone")) == 1 and client.retries == 0
     assert job.requested and not job.done and client.find_vm(job.vmid) is None
@@ -393,7 +402,7 @@ def test_a_failed_clone_post_is_not_blindly_retried(testbed, client, status):
 def test_a_595_proves_the_clone_never_arrived_so_it_is_retried(testbed, client):
     testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/clone", status=595, message="Connection refused")
     seq = last_seq(testbed)
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "after-595"), timeout=60)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "after-595"), timeout=60)
     assert job.done and [r["status"] for r in calls_since(testbed, seq, "POST", r".*/clone")] == [595, 200]
     destroy(client, job.vmid)
 
@@ -452,7 +461,7 @@ def test_a_taken_vmid_gets_a_new_one(testbed, client):
     first = client.next_vmid()
     sim.take_vmid_on_clone()
     notes: list[str] = []
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "race", vmid=first), timeout=60, say=notes.append)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "race", vmid=first), timeout=60, say=notes.append)
     assert job.done and job.vmid != first and job.attempts == 2
     assert notes == [f"vmid {first} was taken by another client; cloning to {job.vmid} instead"]
     assert client.find_vm(first)["name"] == "other-client"  # the other client's VM is left alone
@@ -461,7 +470,7 @@ def test_a_taken_vmid_gets_a_new_one(testbed, client):
     # the race can also surface inside the task
     sim.task_error("POST", "/nodes/*/qemu/*/clone", f"clone failed: unable to create VM {job.vmid + 1}: "
                                                      f"config file already exists")
-    second = client.run_clone(CloneJob("pve", TEMPLATE, "race-task"), timeout=60,
+    second = run_clone(client, CloneJob("pve", TEMPLATE, "race-task"), timeout=60,
                               allocate=lambda: client.next_vmid(exclude=[first, job.vmid]))
     assert second.done and second.attempts == 2
     destroy(client, first, job.vmid, second.vmid)
@@ -493,7 +502,7 @@ def test_waiting_out_a_clone_lock(testbed, client):
 
 def test_a_lock_that_never_goes_away_is_reported(testbed, client):
     testbed.sim_admin.stuck_clone_lock()
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "stuck"), timeout=60)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "stuck"), timeout=60)
     with pytest.raises(ProxmoxError, match=rf"VM {job.vmid} is still locked \(clone\) after 1s.*qm unlock"):
         client.wait_unlocked("pve", job.vmid, 1, interval=0.2)
     root = testbed.root_api()
@@ -504,14 +513,14 @@ def test_clone_lock_timeouts_are_retried_then_reported(testbed, client):
     sim = testbed.sim_admin
     sim.clone_lock_timeout(times=1)
     notes: list[str] = []
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "lock-once"), timeout=60, say=notes.append)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "lock-once"), timeout=60, say=notes.append)
     assert job.done and "lock timeout" in notes[0]
     destroy(client, job.vmid)
 
     sim.clone_lock_timeout(times=0)
     failed = CloneJob("pve", TEMPLATE, "lock-always")
     with pytest.raises(ProxmoxError) as info:
-        client.run_clone(failed, timeout=60)
+        run_clone(client, failed, timeout=60)
     text = str(info.value)
     assert "failed 3 times on a lock timeout" in text and "can't lock file" in text and "got timeout" in text
     assert client.find_vm(failed.vmid) is None
@@ -520,14 +529,14 @@ def test_clone_lock_timeouts_are_retried_then_reported(testbed, client):
 def test_linked_clone_refusal_falls_back_to_full_only_when_allowed(testbed, client):
     testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/clone", status=500,
                            message="Linked clone feature is not supported for drive 'scsi0'")
-    job = client.run_clone(CloneJob("pve", TEMPLATE, "fallback", full=False), timeout=120, linked_fallback=True)
+    job = run_clone(client, CloneJob("pve", TEMPLATE, "fallback", full=False), timeout=120, linked_fallback=True)
     assert job.done and job.full is True and job.mode == "full"
     assert client.vm_config("pve", job.vmid)["scsi0"].startswith(f"local:{job.vmid}/vm-{job.vmid}-disk-0")
     destroy(client, job.vmid)
     testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/clone", status=500,
                            message="Linked clone feature is not supported for drive 'scsi0'")
     with pytest.raises(ProxmoxError, match="Linked clone feature is not supported"):
-        client.run_clone(CloneJob("pve", TEMPLATE, "no-fallback", full=False), timeout=60)
+        run_clone(client, CloneJob("pve", TEMPLATE, "no-fallback", full=False), timeout=60)
 
 
 def test_parallel_clients_get_distinct_vmids(testbed, client):
@@ -541,7 +550,7 @@ def test_parallel_clients_get_distinct_vmids(testbed, client):
             used.add(vmid)
             return vmid
 
-    threads = [threading.Thread(target=client.run_clone, args=(job,), kwargs={"timeout": 60, "allocate": allocate})
+    threads = [threading.Thread(target=run_clone, args=(client, job), kwargs={"timeout": 60, "allocate": allocate})
                for job in jobs]
     for t in threads:
         t.start()

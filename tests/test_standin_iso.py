@@ -17,8 +17,8 @@ from tests.testbed.images import installer_iso
 from tests.testbed.images.installer_iso import (ISO_VOLUME_ID, LIVE_CMDLINE, MENU_TIMEOUT_DS, build_installer_iso,
                                                isolinux_cfg, load_installer_iso, recipe_hash)
 
-STANDIN = Path(__file__).resolve().parent / "testbed" / "standin"
-SCRIPTS = [STANDIN / "http" / "install.sh", STANDIN / "packer" / "cleanup.sh"]
+SCRIPTS = ["install.sh", "cleanup.sh"]
+FIRMWARES = ["bios", "uefi"]
 
 
 def test_recipe_hash_is_stable_and_tracks_the_mirror():
@@ -34,13 +34,20 @@ def test_isolinux_menu_boots_the_live_entry_like_the_nixos_iso():
     assert "systemd.mask=qemu-guest-agent.service" in LIVE_CMDLINE  # no agent in the live session
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
-def test_standin_scripts_pass_shellcheck_and_bash_n(script):
-    subprocess.run(["bash", "-n", str(script)], check=True)
-    result = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
+@pytest.mark.parametrize("firmware", FIRMWARES)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_standin_scripts_pass_shellcheck_and_bash_n(script, firmware, tmp_path):
+    """The stand-in's scripts, rendered from nixgold's templates (tests/testbed/standin/render.py)."""
+    from nixgold.config.load import parse_config
+    from tests.testbed.standin.render import render_overlay
+
+    overlay = render_overlay(parse_config({"vm": {"firmware": firmware}}), tmp_path / "standin")
+    path = overlay / ("http" if script == "install.sh" else "packer") / script
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    result = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
-    text = script.read_text()
-    assert "set -Eeuo pipefail" in text or "set -euo pipefail" in text
+    text = path.read_text()
+    assert "set -Eeuo pipefail" in text and "nixgold test bed: the STAND-IN" in text or script == "cleanup.sh"
 
 
 @pytest.mark.vm

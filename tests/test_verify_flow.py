@@ -1,7 +1,7 @@
 """nixgold.verify without booting guests: template selection on the simulator, pre-check gating,
 infrastructure failures before any boot, and the pure helpers (names, boot disk, sizes).
 
-The check suite itself belongs to ``nixgold.checks``; where a test needs a particular verdict
+The check suite itself belongs to ``nixgold.verify.checks``; where a test needs a particular verdict
 from it, a stand-in module with the same interface is put in ``sys.modules`` by monkeypatch.
 """
 from __future__ import annotations
@@ -16,12 +16,16 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from nixgold.config import Credentials, load_config
+from nixgold.config.credentials import Credentials
+from nixgold.config.load import load_config
 from nixgold.errors import ExitCode, ProxmoxError
 from nixgold.progress import Progress
-from nixgold.proxmox import ProxmoxClient, RetryPolicy
-from nixgold.verify import (ChecksFailed, TemplateSelectionError, VerifyOptions, boot_disk, clone_name, net0_mac,
-                            parse_size, resolve_template, run_verify, split_tags)
+from nixgold.proxmox.client import ProxmoxClient, RetryPolicy
+from nixgold.verify.verifier import ChecksFailed, VerifyOptions, run_verify
+from nixgold.verify.select import TemplateSelectionError, resolve_template
+from nixgold.verify.clones import boot_disk, clone_name, net0_mac
+from nixgold.units import parse_size
+from nixgold.proxmox.vms import split_tags
 
 TEMPLATE = 9004
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
@@ -141,13 +145,13 @@ class Result:
 
 @dataclass
 class StubChecks:
-    """Same interface as nixgold.checks; ``template`` is what template_checks answers."""
+    """Same interface as nixgold.verify.checks; ``template`` is what template_checks answers."""
 
     template: list[Result] = field(default_factory=lambda: [Result("template.is-template", "template", "passed", 0)])
     contexts: list[Any] = field(default_factory=list)
 
     def module(self) -> types.ModuleType:
-        mod = types.ModuleType("nixgold.checks")
+        mod = types.ModuleType("nixgold.verify.checks")
         mod.CheckResult = Result
         mod.CloneTarget = lambda **kw: types.SimpleNamespace(**kw)
         mod.CheckContext = lambda **kw: types.SimpleNamespace(**kw)
@@ -166,7 +170,7 @@ class StubChecks:
 def verify_env(testbed, monkeypatch, tmp_path) -> Iterator[Callable[..., Any]]:
     """Run nixgold.verify in-process against the bed with stand-in checks; returns (report|exc, stderr)."""
     stub = StubChecks()
-    monkeypatch.setitem(sys.modules, "nixgold.checks", stub.module())
+    monkeypatch.setitem(sys.modules, "nixgold.verify.checks", stub.module())
 
     def run(*sets: str, **options: Any) -> tuple[Any, str]:
         overrides = dict(s.split("=", 1) for s in sets)
@@ -227,7 +231,7 @@ def test_the_ephemeral_key_is_removed_and_never_reported(testbed, verify_env, tm
         testbed.sim_admin.fail("POST", "/nodes/*/qemu/*/status/start", status=500, message="injected: no start")
     seen: list[Path] = []
     secret_lines: list[str] = []
-    import nixgold.sshkeys as sshkeys
+    from nixgold.verify import keys as sshkeys
 
     real = sshkeys.generate
 

@@ -1,4 +1,4 @@
-"""nixgold.report: the table, JUnit XML and JSON that `invoke verify` writes (pure formatting)."""
+"""nixgold.verify.report: the table, JUnit XML and JSON that `invoke verify` writes (pure formatting)."""
 from __future__ import annotations
 
 import json
@@ -6,14 +6,23 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from nixgold.report import (CloneInfo, StageInfo, VerifyReport, format_keep, format_table, json_text, junit_xml,
-                            report_data, write_reports)
+from nixgold.verify.report import (
+    CloneInfo,
+    StageInfo,
+    VerifyReport,
+    format_keep,
+    format_table,
+    json_text,
+    junit_xml,
+    report_data,
+    write_reports,
+)
 
 SECRET = "0f1e2d3c-aaaa-bbbb-cccc-5ecr3t000000"
 
 
 @dataclass(frozen=True)
-class Result:  # same shape as nixgold.checks.CheckResult
+class Result:  # same shape as nixgold.verify.checks.CheckResult
     id: str
     target: str
     outcome: str

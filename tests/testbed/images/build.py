@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from nixgold.config import Config
+from nixgold.config.model import Config
 from tests.testbed.standin import nixos
 
 from . import base
@@ -83,7 +83,7 @@ class Variant:
     machine_id: str = ""  # "" = zero-length /etc/machine-id (regenerated per boot of a clone)
     keep_host_keys: bool = False
     cloud_init_fails: bool = False
-    # switches for nixgold.checks' negative tests (CHECK_VARIANTS)
+    # switches for nixgold.verify.checks' negative tests (CHECK_VARIANTS)
     # NixOS defect 2: /etc/hostname still holds what the build VM's first boot wrote ("nixos"), as a
     # cleanup.sh that does not delete it leaves it; cloud-init's update_hostname then keeps it.
     hostname_left: str = ""
@@ -134,7 +134,7 @@ VARIANTS: Mapping[str, Variant] = {
     )
 }
 
-# Variants for nixgold.checks' own tests (tests/test_checks_vm.py), kept apart from VARIANTS (the
+# Variants for nixgold.verify.checks' own tests (tests/test_checks_vm.py), kept apart from VARIANTS (the
 # verifier negatives that tests/test_testbed_images.py boots one by one).
 CHECK_VARIANTS: Mapping[str, Variant] = {
     v.name: v

@@ -29,9 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nixgold.config import Config
-from nixgold.guest_files import TEMPLATE_PACKAGES, render_configuration_nix
-from nixgold.render_inputs import RenderInputs
+from nixgold.config.model import Config
+from nixgold.render.guest_files import TEMPLATE_PACKAGES, render_configuration_nix
+from nixgold.render.inputs import RenderInputs
 from tests.helpers.cloud_init import configured_settings, effective_settings
 from tests.helpers.nix import make_nix_env, nix_eval_modules
 

@@ -17,10 +17,11 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
-from nixgold import templating
-from nixgold.config import Config, load_config
-from nixgold.guest_files import render_cleanup_sh, render_configuration_nix, render_install_sh
-from nixgold.render_inputs import CLEANUP_SCRIPT, HTTP_DIR, INSTALL_SCRIPT, PACKER_DIR, RenderInputs
+from nixgold.render import templating
+from nixgold.config.model import Config
+from nixgold.config.load import load_config
+from nixgold.render.guest_files import render_cleanup_sh, render_configuration_nix, render_install_sh
+from nixgold.render.inputs import CLEANUP_SCRIPT, HTTP_DIR, INSTALL_SCRIPT, PACKER_DIR, RenderInputs
 
 from . import nixos
 

@@ -1,0 +1,1 @@
+"""The configuration: the typed model, loading (file < environment < flags), validation, and credentials."""

@@ -1,0 +1,1 @@
+"""Packer: which dialect, its environment, its machine-readable output, and the runner."""

@@ -1,0 +1,186 @@
+"""VMs nixgold makes and removes: clones, stop-then-destroy, names and tags, and the one ownership rule.
+
+**Ownership** (:func:`owner_of`): a VM is nixgold's only when it carries the id of the run that made
+it, never because it looks like one:
+
+* a build VM: its name ends in ``-build-<build id>`` (:func:`build_vm_name`; Packer sets it at
+  create from the ``build_vm_name`` variable nixgold passes);
+* a template: its description holds a nixgold build manifest, whose ``build_id`` it carries;
+* a verify clone: its description holds ``nixgold verify (run <run id>)`` (:func:`verify_marker`).
+
+Preflight, the build's cleanup, ``--replace``, verify's cleanup and refresh all decide with it:
+:class:`Owner` ``("build", id)`` / ``("verify", id)``, compared with their own id. Packer's default
+description and a ``-building`` name prove nothing: every Packer build writes them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from nixgold.errors import ProxmoxError, ProxmoxTaskError
+from nixgold.proxmox.client import ProxmoxClient
+from nixgold.render.manifest import ManifestError, parse_manifest
+
+BUILD_VM_RE = re.compile(r"-build-(\d{8}t\d{6}z-[0-9a-f]{6})$")
+VERIFY_MARKER_RE = re.compile(r"nixgold verify \(run ([0-9a-f]{12})\)")
+
+
+@dataclass(frozen=True)
+class Owner:
+    kind: str  # "build" | "verify"
+    id: str  # the build id (lower case) or the verify run id; "" when a manifest has none
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """``text`` as a DNS label (PVE's VM names are DNS names; guests take them as hostname)."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return re.sub(r"-{2,}", "-", label)[:limit].strip("-") or "nixgold"
+
+
+def build_vm_name(template_name: str, build_id: str) -> str:
+    """The build VM's name: the template's, cut to fit, plus ``-build-<build id>``."""
+    return f"{dns_label(template_name, 30)}-build-{build_id.lower()}"
+
+
+def verify_marker(run_id: str) -> str:
+    return f"nixgold verify (run {run_id})"
+
+
+def owner_of(config: dict[str, Any]) -> Owner | None:
+    """Which nixgold run made this VM, from the id its config carries; None: not nixgold's."""
+    m = BUILD_VM_RE.search(str(config.get("name") or ""))
+    if m:
+        return Owner("build", m.group(1))
+    description = str(config.get("description") or "")
+    m = VERIFY_MARKER_RE.search(description)
+    if m:
+        return Owner("verify", m.group(1))
+    try:
+        manifest = parse_manifest(description)
+    except ManifestError:
+        return None
+    return Owner("build", (manifest.build_id or "").lower())
+
+
+def split_tags(tags: str | None) -> list[str]:
+    """PVE's tag list (``;``, ``,`` or spaces between them), lower case."""
+    return [t.lower() for t in re.split(r"[;,\s]+", tags or "") if t]
+
+
+def merged_tags(have: str | None, wanted: Iterable[str]) -> str | None:
+    """The tag list with ``wanted`` added, or None when it has them all already."""
+    present = [t for t in re.split(r"[;,\s]+", have or "") if t]
+    missing = [t for t in dict.fromkeys(wanted) if t.lower() not in {p.lower() for p in present}]
+    return ";".join([*present, *missing]) if missing else None
+
+
+def destroy_vm(client: ProxmoxClient, node: str, vmid: int, *, timeout: float, lock_wait: float = 120.0) -> None:
+    """Stop (if it runs) and destroy a VM with its disks; the caller has proven it is theirs."""
+    client.wait_unlocked(node, vmid, lock_wait)
+    if client.vm_status(node, vmid).get("status") != "stopped":
+        client.wait_task(client.stop(node, vmid), timeout)
+    client.wait_task(client.destroy(node, vmid), timeout)
+
+
+EXISTS_RE = re.compile(r"unable to create VM (\d+): config file already exists|already exists")
+
+LOCKED_RE = re.compile(r"VM is locked \((\w[\w-]*)\)")
+
+LOCK_TIMEOUT_RE = re.compile(r"can't lock file '[^']+' - got timeout|got lock request timeout")
+
+LINKED_REFUSED_RE = re.compile(r"Linked clone feature is not supported|linked clone.*not (supported|possible)", re.I)
+
+@dataclass
+class CloneJob:
+    """One clone request and where it stands; :func:`run_clone` updates it in place, so
+    a cleanup running in another thread always knows which vmid and task to look at."""
+
+    node: str
+    source: int
+    name: str
+    full: bool | None = None  # None: PVE's default (linked for templates)
+    description: str | None = None
+    vmid: int | None = None  # the id being cloned to (changes when another client takes it)
+    upid: str | None = None  # the clone task while it may still be running
+    requested: bool = False  # a clone POST went out (the VM may exist even if we got an error)
+    done: bool = False  # the clone task ended OK: the VM exists and is ours
+    attempts: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "full" if self.full else "linked"
+
+
+
+
+def run_clone(client: ProxmoxClient, job: CloneJob, *, timeout: float, allocate: Callable[[], int] | None = None,
+              linked_fallback: bool = False, attempts: int = 5, lock_wait: float = 120.0,
+              cancel: Callable[[], bool] | None = None, say: Callable[[str], None] = lambda s: None) -> CloneJob:
+    """Clone ``job.source`` to a fresh vmid and wait for the task, handling what PVE throws at
+    parallel clients:
+
+    * the vmid is taken between ``cluster/nextid`` and the clone (``unable to create VM N: config
+      file already exists`` at once, or a task error "... already exists"): allocate a new id;
+    * the source is locked (``VM is locked (backup)``): wait for the lock, bounded by ``lock_wait``;
+    * the clone task fails on a lock timeout (``can't lock file ... got timeout``): PVE cleaned up,
+      so retry after a backoff, at most 3 times, then fail naming the lock;
+    * ``linked_fallback``: PVE refuses a linked clone (storage without snapshots) -> full clone.
+
+    Any other error (a 500 from the POST, a failed task) is raised as is: not retried blindly.
+    """
+    allocate = allocate or client.next_vmid
+    if job.vmid is None:
+        job.vmid = allocate()
+    lock_timeouts = 0
+    while True:
+        job.attempts += 1
+        if cancel is not None and cancel():
+            raise ProxmoxError(f"clone to {job.vmid} cancelled")
+        job.requested = True
+        try:
+            job.upid = client.clone(job.node, job.source, job.vmid, name=job.name, full=job.full,
+                                  description=job.description)
+        except ProxmoxError as exc:
+            message = str(exc)
+            locked = LOCKED_RE.search(message)
+            if job.attempts < attempts and EXISTS_RE.search(message):
+                old, job.vmid = job.vmid, allocate()
+                say(f"vmid {old} was taken by another client; cloning to {job.vmid} instead")
+                continue
+            if job.attempts < attempts and locked:
+                say(f"VM {job.source} is locked ({locked.group(1)}); waiting up to {lock_wait:.0f}s")
+                client.wait_unlocked(job.node, job.source, lock_wait, cancel=cancel)
+                continue
+            if job.attempts < attempts and linked_fallback and not job.full and LINKED_REFUSED_RE.search(message):
+                job.full = True
+                say(f"PVE refused a linked clone ({message.splitlines()[0]}); making a full clone")
+                continue
+            raise ProxmoxError(f"cloning {job.source} to {job.vmid} failed: {message}", exc.status) from None
+        try:
+            client.wait_task(job.upid, timeout, cancel=cancel)
+        except ProxmoxTaskError as exc:
+            if cancel is not None and cancel():
+                raise
+            job.upid = None
+            if job.attempts < attempts and "already exists" in exc.exitstatus:
+                old, job.vmid = job.vmid, allocate()
+                say(f"vmid {old} was taken by another client while cloning; retrying as {job.vmid}")
+                continue
+            if LOCK_TIMEOUT_RE.search(exc.exitstatus):
+                lock_timeouts += 1
+                if lock_timeouts < 3 and job.attempts < attempts:
+                    delay = client.retry.delay(lock_timeouts)
+                    say(f"clone to {job.vmid} hit a lock timeout ({exc.exitstatus}); retrying in {delay:.1f}s")
+                    client.sleep(delay)
+                    continue
+                raise ProxmoxError(
+                    f"cloning {job.source} to {job.vmid} failed {lock_timeouts} times on a lock timeout: "
+                    f"{exc.exitstatus}\n  another task keeps the template or the storage locked (backups, "
+                    f"other clones); retry later or clone fewer at once (verify.clones)\n  last task: {exc.upid}"
+                ) from None
+            raise ProxmoxError(f"cloning {job.source} to {job.vmid} failed: {exc}") from None
+        job.upid = None
+        job.done = True
+        return job

@@ -1,0 +1,4 @@
+"""Everything rendered from the config, as pure functions.
+
+Inputs, HCL, the Packer template, guest files, boot_command, plan, manifest.
+"""

@@ -1,0 +1,28 @@
+"""The nixgold check suite: what `invoke verify` proves about a template and its clones.
+
+* :func:`template_checks` -- pure pre-checks over the template's Proxmox config;
+* :func:`run_checks` -- the guest checks (``test_*.py`` here, plain pytest + testinfra functions
+  taking ``host``) run in-process over SSH against booted clones.
+
+The guest checks also run without nixgold (see README.md)::
+
+    pytest --hosts=paramiko://nixgold@10.0.0.5 --ssh-identity-file=key nixgold/verify/checks/
+"""
+
+from __future__ import annotations
+
+from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
+from nixgold.verify.checks.runner import CHECKS_DIR, CheckSuiteError, run_checks
+from nixgold.verify.checks.template import BLOCKING_TEMPLATE_CHECKS, TEMPLATE_CHECKS, template_checks
+
+__all__ = [
+    "BLOCKING_TEMPLATE_CHECKS",
+    "CHECKS_DIR",
+    "TEMPLATE_CHECKS",
+    "CheckContext",
+    "CheckResult",
+    "CheckSuiteError",
+    "CloneTarget",
+    "run_checks",
+    "template_checks",
+]

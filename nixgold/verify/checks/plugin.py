@@ -1,0 +1,310 @@
+"""The pytest side of the check suite: the ``check`` marker, the fixtures and the result collector.
+
+Two modes share the check modules:
+
+* :class:`NixgoldMode` (``invoke verify`` -> :func:`nixgold.verify.checks.run_checks`): the ``clone``
+  parameter comes from the :class:`~nixgold.verify.checks.model.CheckContext`, ``host`` is a testinfra
+  paramiko host per clone (host keys not checked: the clones are throwaway), and every test
+  becomes a :class:`~nixgold.verify.checks.model.CheckResult`.
+* :class:`StandaloneMode` (``pytest --hosts=ssh://user@ip nixgold/verify/checks/``, registered by
+  ``conftest.py``): ``host`` is testinfra's own fixture; ``clone`` and ``ctx`` are built from the
+  command line, and checks that need Proxmox or the nixgold context skip with a reason.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import pytest
+
+from nixgold.text import one_line as text_one_line
+from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
+
+PLUGIN_NAME = "nixgold-checks"
+MARKER_HELP = ("check(id, summary): a nixgold verification check with a stable id "
+               "(like sshd.password-auth-off) and a one-line summary")
+CLONES_TARGET = "clones"
+REASON_LIMIT = 300
+
+
+class CloneHost(NamedTuple):
+    """One clone and its testinfra host (the ``clones`` fixture yields these)."""
+
+    target: CloneTarget
+    host: Any  # testinfra.host.Host
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+
+def no_proxmox(vmid: int, command: str) -> Any:
+    """``ctx.agent`` outside ``invoke verify``: the calling check is skipped."""
+    pytest.skip("needs the Proxmox API (runs under `invoke verify`)")
+
+
+# --- ids, summaries, reasons -----------------------------------------------------------------
+def check_meta(item: pytest.Item) -> tuple[str, str]:
+    """(id, summary) from ``@pytest.mark.check``; else derived from the module and function names."""
+    marker = item.get_closest_marker("check")
+    func = getattr(item, "obj", None)
+    doc = ((getattr(func, "__doc__", None) or "").strip().splitlines() or [""])[0]
+    if marker is not None and marker.args:
+        check_id = str(marker.args[0])
+        summary = str(marker.args[1]) if len(marker.args) > 1 else str(marker.kwargs.get("summary", doc))
+        return check_id, summary
+    module = getattr(getattr(item, "module", None), "__name__", "custom").rsplit(".", 1)[-1]
+    name = getattr(item, "originalname", item.name)
+    check_id = f"{module.removeprefix('test_')}.{name.removeprefix('test_')}".replace("_", "-")
+    return check_id, doc or name.removeprefix("test_").replace("_", " ")
+
+
+def one_line(text: str, limit: int = REASON_LIMIT) -> str:
+    return text_one_line(text, limit)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason: the assert message (without pytest's explanation), or ``Type: message``."""
+    if isinstance(exc, pytest.skip.Exception):
+        return one_line(getattr(exc, "msg", str(exc)))
+    text = str(exc).strip()
+    if isinstance(exc, (AssertionError, pytest.fail.Exception)):
+        lines = [line for line in text.splitlines() if line.strip()]
+        return one_line(lines[0] if lines else "assertion failed")
+    return one_line(f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": "))
+
+
+def _is_failure(exc: BaseException) -> bool:
+    return isinstance(exc, (AssertionError, pytest.fail.Exception))
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return one_line(str(longrepr[2]).removeprefix("Skipped: "))
+    return one_line(str(longrepr or "skipped"))
+
+
+def _collect_error(report: pytest.CollectReport) -> str:
+    text = report.longreprtext or ""
+    errors = [line[1:].strip() for line in text.splitlines() if line.startswith("E ")]
+    return one_line(errors[-1] if errors else (text.strip().splitlines() or ["collection failed"])[-1])
+
+
+def target_of(item: pytest.Item) -> str:
+    params = getattr(getattr(item, "callspec", None), "params", {}) or {}
+    clone = params.get("clone")
+    if isinstance(clone, CloneTarget):
+        return clone.name
+    host = params.get("_testinfra_host")
+    if host is not None:
+        return str(host.backend.get_hostname())
+    return CLONES_TARGET
+
+
+# --- shared hooks --------------------------------------------------------------------------------
+class _Base:
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.addinivalue_line("markers", MARKER_HELP)
+
+    def pytest_itemcollected(self, item: pytest.Item) -> None:
+        check_id, summary = check_meta(item)
+        item.user_properties.append(("check", check_id))
+        if summary:
+            item.user_properties.append(("summary", summary))
+
+
+class NixgoldMode(_Base):
+    """Runs the suite for ``invoke verify``; :attr:`results` holds one CheckResult per test."""
+
+    def __init__(self, ctx: CheckContext, connect_timeout: int = 30):
+        self.context = ctx
+        self.connect_timeout = connect_timeout
+        self.results: list[CheckResult] = []
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._hosts: dict[str, Any] = {}
+        self._unreachable: dict[str, str] = {}  # clone name -> why the first connection failed
+        self._tmp = tempfile.TemporaryDirectory(prefix="nixgold-checks-")
+        # testinfra's paramiko backend honours StrictHostKeyChecking=no from an ssh_config (and
+        # then ignores ~/.ssh/config): the clones are new machines with new host keys.
+        self._ssh_config = Path(self._tmp.name) / "ssh_config"
+        self._ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n")
+
+    # -- connections ------------------------------------------------------------------------------
+    def host_for(self, clone: CloneTarget) -> Any:
+        if clone.name not in self._hosts:
+            from testinfra.backend import get_backend
+            from testinfra.host import Host
+
+            address = f"[{clone.address}]" if ":" in clone.address else clone.address
+            backend = get_backend(f"paramiko://{clone.ssh_user}@{address}", ssh_config=str(self._ssh_config),
+                                  ssh_identity_file=str(clone.ssh_key_file), timeout=self.connect_timeout)
+            self._hosts[clone.name] = Host(backend)
+        return self._hosts[clone.name]
+
+    def close(self) -> None:
+        for host in self._hosts.values():
+            client = host.backend.__dict__.get("client")  # created lazily by testinfra
+            if client is not None:
+                client.close()
+        self._hosts.clear()
+        self._tmp.cleanup()
+
+    # -- fixtures ---------------------------------------------------------------------------------
+    @pytest.fixture
+    def ctx(self) -> CheckContext:
+        return self.context
+
+    def connected(self, clone: CloneTarget) -> Any:
+        """The clone's host, connected; one failed connection fails every later check of that clone at once."""
+        if clone.name in self._unreachable:
+            raise ConnectionError(self._unreachable[clone.name])
+        host = self.host_for(clone)
+        try:
+            if hasattr(type(host.backend), "client"):
+                host.backend.client  # noqa: B018 - testinfra's paramiko backend connects on first use
+        except Exception as exc:
+            self._unreachable[clone.name] = f"no SSH connection to {clone.ssh_user}@{clone.address}: {describe(exc)}"
+            raise ConnectionError(self._unreachable[clone.name]) from None
+        return host
+
+    @pytest.fixture
+    def host(self, clone: CloneTarget) -> Any:
+        return self.connected(clone)
+
+    @pytest.fixture
+    def clones(self) -> tuple[CloneHost, ...]:
+        if not self.context.clones:
+            pytest.skip("no clones")
+        return tuple(CloneHost(c, self.connected(c)) for c in self.context.clones)
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "clone" in metafunc.fixturenames:
+            metafunc.parametrize("clone", list(self.context.clones), ids=[c.name for c in self.context.clones])
+
+    # -- results ----------------------------------------------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+        report = yield
+        self._record(item, call, report)
+        return report
+
+    def _record(self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        state = self._pending.setdefault(item.nodeid, {"seconds": 0.0, "outcome": None, "reason": ""})
+        state["seconds"] += report.duration
+        exc = call.excinfo.value if call.excinfo is not None else None
+        if report.when == "setup":
+            if report.failed:
+                state["outcome"], state["reason"] = "error", describe(exc) if exc else "setup failed"
+            elif report.skipped:
+                state["outcome"], state["reason"] = "skipped", _skip_reason(report)
+        elif report.when == "call":
+            if report.skipped:
+                state["outcome"], state["reason"] = "skipped", _skip_reason(report)
+            elif report.failed:
+                failed = exc is not None and _is_failure(exc)
+                state["outcome"] = "failed" if failed else "error"
+                state["reason"] = describe(exc) if exc else one_line(report.longreprtext)
+            else:
+                state["outcome"] = "passed"
+        else:  # teardown
+            if report.failed and state["outcome"] in (None, "passed"):
+                state["outcome"], state["reason"] = "error", f"teardown: {describe(exc) if exc else 'failed'}"
+            self._finish(item)
+
+    def _finish(self, item: pytest.Item) -> None:
+        state = self._pending.pop(item.nodeid)
+        check_id, summary = check_meta(item)
+        outcome = state["outcome"] or "error"
+        reason = "" if outcome == "passed" else state["reason"]
+        self.results.append(CheckResult(check_id, target_of(item), outcome, round(state["seconds"], 3), reason,
+                                        summary))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            where = str(getattr(report, "fspath", "") or report.nodeid or "checks")
+            self.results.append(CheckResult("checks.collect", os.path.basename(where) or where, "error", 0.0,
+                                            _collect_error(report), "the check modules import"))
+
+
+class StandaloneMode(_Base):
+    """``pytest --hosts=... nixgold/verify/checks/``: context from ``--nixgold-*`` options and the hosts."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self._built: tuple[CloneHost, ...] | None = None
+
+    def _clone_hosts(self) -> tuple[CloneHost, ...]:
+        if self._built is None:
+            import testinfra
+
+            opt = self.config.option
+            specs = opt.hosts.split(",") if getattr(opt, "hosts", None) else [None]
+            hosts = testinfra.get_hosts(specs, connection=opt.connection, ssh_config=opt.ssh_config,
+                                        ssh_identity_file=opt.ssh_identity_file, sudo=opt.sudo,
+                                        sudo_user=opt.sudo_user, ansible_inventory=opt.ansible_inventory,
+                                        force_ansible=opt.force_ansible)
+            self._built = tuple(CloneHost(standalone_target(h), h) for h in hosts)
+        return self._built
+
+    @pytest.fixture
+    def ctx(self) -> CheckContext:
+        opt = self.config.option
+        clones = self._clone_hosts()
+        ciuser = opt.nixgold_ciuser or (clones[0].target.ssh_user if clones else getpass.getuser())
+        return CheckContext(profile=opt.nixgold_profile, nixos_release=opt.nixgold_release or "",
+                            permit_root_login=opt.nixgold_permit_root_login, ciuser=ciuser,
+                            injected_public_key=public_key_of(opt.ssh_identity_file),
+                            allowed_keys=tuple(opt.nixgold_allowed_key or ()), clones=tuple(c.target for c in clones),
+                            agent=no_proxmox)
+
+    @pytest.fixture
+    def clone(self, host: Any) -> CloneTarget:
+        return standalone_target(host)
+
+    @pytest.fixture
+    def clones(self) -> tuple[CloneHost, ...]:
+        return self._clone_hosts()
+
+
+def standalone_target(host: Any) -> CloneTarget:
+    """A CloneTarget for a testinfra host given on the command line (vmid 0: no Proxmox)."""
+    backend = host.backend
+    spec = getattr(backend, "host", None)
+    name = str(backend.get_hostname())
+    key = getattr(backend, "ssh_identity_file", None) or ""
+    return CloneTarget(vmid=0, name=name, node="", address=getattr(spec, "name", None) or name,
+                       ssh_user=getattr(spec, "user", None) or getpass.getuser(), ssh_key_file=Path(key),
+                       disk_bytes=0)
+
+
+def public_key_of(identity_file: str | None) -> str:
+    """The OpenSSH public key line of a private key file ("" when none or unreadable)."""
+    if not identity_file:
+        return ""
+    pub = Path(str(identity_file) + ".pub")
+    try:
+        if pub.is_file():
+            return " ".join(pub.read_text().split()[:2])
+        import paramiko
+
+        key = paramiko.PKey.from_path(identity_file)
+        return f"{key.get_name()} {key.get_base64()}"
+    except Exception:  # an unreadable key only costs the key check (it skips)
+        return ""
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nixgold", "nixgold check suite (standalone runs)")
+    group.addoption("--nixgold-profile", default="nixos", choices=("nixos", "generic"),
+                    help="check profile: nixos (default) or generic (skips the NixOS checks)")
+    group.addoption("--nixgold-release", default="", help="expected NixOS release, e.g. 26.05")
+    group.addoption("--nixgold-permit-root-login", default="prohibit-password",
+                    help="expected sshd PermitRootLogin (default prohibit-password)")
+    group.addoption("--nixgold-ciuser", default=None, help="the cloud-init user (default: the SSH user)")
+    group.addoption("--nixgold-allowed-key", action="append", default=[],
+                    help="a public key that may be in authorized_keys (repeatable)")

@@ -1,0 +1,125 @@
+"""sshd: running, key-only, and root login as configured."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+import pytest
+
+from nixgold.verify.checks.helpers import sshd_settings, systemd_unit, unit_problem
+
+PASSWORD_METHODS = ("password", "keyboard-interactive")
+
+
+@pytest.mark.check("sshd.service", "sshd is enabled, running and listening on port 22")
+def test_sshd_enabled_running_listening(host):
+    props = systemd_unit(host, "sshd.service", "ssh.service")
+    socket_props = systemd_unit(host, "sshd.socket", "ssh.socket")
+    service_problem = unit_problem(props, "sshd.service")
+    if service_problem and socket_props and not unit_problem(socket_props, "sshd.socket"):
+        service_problem = None  # socket-activated sshd (services.openssh.startWhenNeeded)
+    assert service_problem is None, service_problem
+    assert host.socket("tcp://22").is_listening, "nothing listens on TCP port 22"
+
+
+def offered_methods(address: str, port: int, user: str, timeout: float = 15.0) -> list[str] | None:
+    """The authentication methods the server offers ``user`` (SSH "none" request); None: it let us in."""
+    import paramiko
+
+    sock = socket.create_connection((address, port), timeout=timeout)
+    transport = paramiko.Transport(sock)
+    try:
+        transport.start_client(timeout=timeout)
+        try:
+            transport.auth_none(user)
+        except paramiko.BadAuthenticationType as exc:
+            return list(exc.allowed_types)
+        return None
+    finally:
+        transport.close()
+        sock.close()
+
+
+def _endpoint(host: Any, clone: Any) -> tuple[str, int] | None:
+    spec = getattr(host.backend, "host", None)
+    if getattr(host.backend, "NAME", "") not in ("paramiko", "ssh", "safe-ssh"):
+        return None
+    return clone.address, int(getattr(spec, "port", None) or 22)
+
+
+@pytest.mark.check("sshd.password-auth-off", "sshd refuses password logins")
+def test_password_authentication_off(host, clone, ctx):
+    settings = sshd_settings(host, ctx.ciuser)
+    password = settings.get("passwordauthentication", "?")
+    kbd = settings.get("kbdinteractiveauthentication", settings.get("challengeresponseauthentication", "no"))
+    assert password == "no", f"sshd -T: passwordauthentication {password} (must be no)"
+    assert kbd == "no", f"sshd -T: kbdinteractiveauthentication {kbd} (PAM may ask for a password; must be no)"
+    endpoint = _endpoint(host, clone)
+    if endpoint is None:
+        return  # a local connection: nothing to probe over the network
+    logger = logging.getLogger("paramiko")  # it logs refused auth as errors
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        methods = offered_methods(*endpoint, ctx.ciuser)
+    finally:
+        logger.setLevel(level)
+    assert methods is not None, f"the server at {endpoint[0]}:{endpoint[1]} let {ctx.ciuser} in without authentication"
+    offered = [m for m in methods if m in PASSWORD_METHODS]
+    assert not offered, f"the server offers {', '.join(offered)} to {ctx.ciuser} (offers: {', '.join(methods)})"
+
+
+def _normal(value: str) -> str:
+    value = value.strip().lower()
+    return "prohibit-password" if value == "without-password" else value
+
+
+@pytest.mark.check("sshd.root-login", "sshd's PermitRootLogin is the configured value")
+def test_root_login_as_configured(host, ctx):
+    actual = sshd_settings(host, "root").get("permitrootlogin", "?")
+    assert _normal(actual) == _normal(ctx.permit_root_login), \
+        f"sshd -T: permitrootlogin {actual}, but the config says {ctx.permit_root_login}"
+
+
+def root_shell_with_key(address: str, port: int, key_file: str, timeout: float = 20.0) -> tuple[bool, str]:
+    """Log in as root with ``key_file`` and run ``id -u``: (root got a shell, what happened)."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())  # a throwaway clone
+    logger = logging.getLogger("paramiko")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        try:
+            client.connect(address, port=port, username="root", key_filename=key_file, timeout=timeout,
+                           banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False, allow_agent=False)
+        except paramiko.AuthenticationException:
+            return False, "the key is refused for root"
+        _, stdout, stderr = client.exec_command("id -u", timeout=timeout)
+        first = stdout.readline().strip()
+        if first != "0":
+            # cloud-init's disable_root command prints "Please login as the user ..." and then
+            # sleeps 10 s before exit 142: its first line is the answer, no need to wait.
+            said = " ".join((first or stderr.read().decode(errors="replace")).split())[:160]
+            return False, f"root's key runs something else: {said or 'no output'}"
+        status = stdout.channel.recv_exit_status()
+        return status == 0, f"`id -u` printed 0 (exit {status})"
+    finally:
+        client.close()
+        logger.setLevel(level)
+
+
+@pytest.mark.check("sshd.root-key-login", "root does not get a shell with the clone's cloud-init key")
+def test_root_cannot_use_the_clones_key(host, clone):
+    """cloud-init's ssh module writes the instance's keys to root too (nixpkgs' module default
+    ``disable_root = false``); with PermitRootLogin prohibit-password every PVE key then logs in
+    as root. With ``disable_root: true`` root's copy runs cloud-init's "log in as <user>" command."""
+    endpoint = _endpoint(host, clone)
+    if endpoint is None or not str(clone.ssh_key_file):
+        pytest.skip("needs the clone's address and the injected private key (--ssh-identity-file)")
+    got_shell, what = root_shell_with_key(*endpoint, str(clone.ssh_key_file))
+    assert not got_shell, (f"root logs in with the clone's cloud-init key and gets a shell ({what}): cloud-init "
+                           f"wrote the instance's keys to root (disable_root is false)")
