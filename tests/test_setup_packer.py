@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from nixgold.dialect import dialect_for_version, parse_packer_version
-from nixgold.hcl import render_hcl
-from nixgold.render_inputs import HCL_FILE, PACKER_DIR
+from nixgold.packer.dialect import dialect_for_version, parse_packer_version
+from nixgold.render.packer_template import render_hcl
+from nixgold.render.inputs import HCL_FILE, PACKER_DIR
 from tests.test_hcl import CASES, case_inputs, packer_env, run_packer, write_tree
 
 REPO = Path(__file__).resolve().parents[1]
