@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from nixgold.errors import ExitCode
+from nixgold.proxmox.vms import build_vm_name
 from tests.helpers import procs
 from tests.helpers.background import BackgroundRun
 
@@ -219,14 +220,16 @@ def test_keep_on_error_leaves_the_vm_and_says_how_to_inspect_it(testbed, before,
         assert f"qm terminal {VMID}" in err and f"qm destroy {VMID}" in err
         assert "Deleting VM" not in err and "making sure no VM" not in err
         (vm,) = [v for v in vms(testbed) if int(v["vmid"]) == VMID]
-        assert vm["name"] == "nixgold-e2e-building"
+        build_id = re.search(r"build (\S+) in ", err).group(1)
+        assert vm["name"] == build_vm_name("nixgold-e2e", build_id)  # the build id: the ownership proof
         log = (build_dir_of(err) / "packer.log").read_text()
         assert "-on-error=abort" in log
         # the next build refuses to touch it without --replace, and names it
         again = subprocess.run(invoke_argv(testbed), env=build_env(testbed, config), cwd=tmp_path,
                                capture_output=True, text=True, timeout=300)
         assert again.returncode == ExitCode.PREFLIGHT
-        assert f"vmid {VMID} holds VM 'nixgold-e2e-building' left by an earlier failed build" in again.stderr
+        assert (f"vmid {VMID} holds VM '{build_vm_name('nixgold-e2e', build_id)}' left by an earlier failed build "
+                f"{build_id.lower()}") in again.stderr
     finally:
         remove_vm(testbed, VMID)
 
