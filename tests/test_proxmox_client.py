@@ -217,22 +217,76 @@ def test_sshkeys_given_as_text_are_encoded_once():
     assert rec.calls[0][2]["sshkeys"] == rec.calls[1][2]["sshkeys"] == encode_sshkeys([key])
 
 
-def test_every_call_verify_makes_is_in_the_pve_schema():
-    client, rec = fake_client(lambda m, p, d: UPID if m != "GET" else {})
-    client.start("pve", 120)
-    client.stop("pve", 120)
-    client.resize("pve", 120, "scsi0", "+1G")
-    client.agent("pve", 120, "ping")
-    client.agent("pve", 120, "network-get-interfaces")
-    client.agent("pve", 120, "get-osinfo")
-    client.vm_config("pve", 120, current=True)
-    client.vm_status("pve", 120)
-    client.get("cluster/resources", type="vm")
-    client.get("cluster/nextid", vmid=130)
-    client.get(f"nodes/pve/tasks/{UPID}/log", start=0, limit=5000)
-    for method, path, data in rec.calls:
-        schema_validate(method, path, data)
-    assert [c[0] for c in rec.calls[3:6]] == ["POST", "GET", "GET"]
+def api_side_checks() -> Callable[..., list[Any]]:
+    """A run_checks that runs only the checks that talk to Proxmox, not to the guest over SSH (the
+    check functions taking ``ctx`` and ``clone``: agent ping, get-osinfo, get-host-name)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nixgold.verify.checks as suite
+
+    functions = []
+    for info in pkgutil.iter_modules(suite.__path__):
+        if info.name.startswith("test_"):
+            module = importlib.import_module(f"{suite.__name__}.{info.name}")
+            functions += [fn for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)
+                          and set(inspect.signature(fn).parameters) == {"ctx", "clone"}]
+    assert functions
+
+    def run_checks(ctx: Any, extra_dirs: Any = ()) -> list[Any]:
+        results = []
+        for fn in functions:
+            for clone in ctx.clones:
+                try:
+                    fn(ctx, clone)
+                    outcome, reason = "passed", ""
+                except AssertionError as exc:
+                    outcome, reason = "failed", str(exc)
+                results.append(suite.CheckResult(id=fn.__name__, target=clone.name, outcome=outcome, seconds=0.0,
+                                                 reason=reason, summary=fn.__name__))
+        return results
+
+    return run_checks
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")  # the suite's own marks
+def test_every_call_verify_makes_is_in_the_pve_schema(testbed, monkeypatch, tmp_path):
+    """The calls of a real verify run (one clone of the bed's template booted, the API-side checks),
+    recorded at ProxmoxClient.call and each validated against the PVE 9.1 schema as PVE would."""
+    import io
+
+    import nixgold.verify.checks as suite
+    from nixgold.config.load import load_config
+    from nixgold.progress import Progress
+    from nixgold.verify.verifier import VerifyOptions, run_verify
+
+    monkeypatch.setattr(suite, "run_checks", api_side_checks())
+    config = load_config(testbed.config_path, env={}, overrides={
+        "verify.clones": 1, "verify.profile": "generic", "verify.agent_timeout": "10m", "verify.ssh_timeout": "5m"})
+    recorded: list[tuple[str, str, dict[str, Any]]] = []
+    with testbed.enter():
+        client = ProxmoxClient(bed_creds(testbed), retry=FAST)
+        real_call = client.call
+
+        def call(method: str, path: str, params: Any = None, *, idempotent: bool) -> Any:
+            recorded.append((method, path.strip("/"), encode_params(params or {})))
+            return real_call(method, path, params, idempotent=idempotent)
+
+        monkeypatch.setattr(client, "call", call)
+        report = run_verify(config, bed_creds(testbed), VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
+                            out=io.StringIO(), client=client)
+    assert report.exit_code == 0, [(r.id, r.outcome, r.reason) for r in report.results]
+    for method, path, params in recorded:
+        schema_validate(method, path, params)
+    shapes = {(m, re.sub(r"UPID:[^/]+", "{upid}", re.sub(r"/\d+(?=/|$)", "/{vmid}", p))) for m, p, _ in recorded}
+    for stage in [("POST", "nodes/pve/qemu/{vmid}/clone"), ("PUT", "nodes/pve/qemu/{vmid}/config"),
+                  ("PUT", "nodes/pve/qemu/{vmid}/resize"), ("POST", "nodes/pve/qemu/{vmid}/status/start"),
+                  ("POST", "nodes/pve/qemu/{vmid}/agent/ping"), ("GET", "nodes/pve/qemu/{vmid}/agent/network-get-interfaces"),
+                  ("GET", "nodes/pve/qemu/{vmid}/agent/get-osinfo"), ("GET", "nodes/pve/qemu/{vmid}/agent/get-host-name"),
+                  ("POST", "nodes/pve/qemu/{vmid}/status/stop"), ("DELETE", "nodes/pve/qemu/{vmid}"),
+                  ("GET", "nodes/pve/tasks/{upid}/status")]:
+        assert stage in shapes, (stage, sorted(shapes))
 
 
 # ---------------------------------------------------------------------------- UPIDs and tasks
