@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,21 +23,52 @@ COMMON_HELP = {
 }
 
 
+def _env_redactor() -> Callable[[str], str]:
+    """The backstop: a redactor of the secrets in the environment (PROXMOX_TOKEN_SECRET, PROXMOX_PASSWORD).
+
+    Library code redacts what it prints with the credentials it loaded; this one also covers an
+    error raised before they were loaded, or a message that quotes a secret where nobody expected
+    one. Values too short to mask safely are left out (credentials loading refuses them anyway).
+    """
+    from nixgold.config.credentials import SECRET_VARIABLES
+    from nixgold.secrets import MIN_SECRET_LENGTH, Redactor
+
+    values = (os.environ.get(name) or "" for name in SECRET_VARIABLES)
+    return Redactor([v for v in values if len(v) >= MIN_SECRET_LENGTH])
+
+
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, redact: Callable[[str], str], fmt: str):
+        super().__init__(fmt)
+        self.redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
 def _cli(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a task body; turn nixgold errors into `Exit(message, code)`."""
+    """Run a task body; turn nixgold errors into `Exit(message, code)`. Every message (errors, log
+    lines, a bug's traceback) passes the environment's redactor first."""
 
     @functools.wraps(fn)
     def wrapper(c: Any, *args: Any, **kwargs: Any) -> Any:
         from nixgold.errors import ExitCode, NixgoldError, exit_code_for
 
-        logging.basicConfig(level=logging.DEBUG if kwargs.get("verbose") else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        redact = _env_redactor()
+        handler = logging.StreamHandler()
+        handler.setFormatter(_RedactingFormatter(redact, "%(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.DEBUG if kwargs.get("verbose") else logging.WARNING, handlers=[handler])
         try:
             return fn(c, *args, **kwargs)
         except NixgoldError as exc:
-            raise Exit(f"nixgold: {exc}", code=exit_code_for(exc)) from None
+            raise Exit(redact(f"nixgold: {exc}"), code=exit_code_for(exc)) from None
         except KeyboardInterrupt:
             raise Exit("nixgold: interrupted", code=int(ExitCode.INTERRUPTED)) from None
+        except Exit:
+            raise
+        except Exception:  # a bug: its traceback is shown (exit 1), redacted like every other message
+            print(redact(traceback.format_exc()), file=sys.stderr, end="", flush=True)
+            raise Exit(code=int(ExitCode.INTERNAL)) from None
 
     return wrapper
 

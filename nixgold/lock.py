@@ -53,10 +53,6 @@ class IsoSource:
         how = f"downloaded by PVE into {self.storage}" if self.download_on_pve else f"uploaded to {self.storage}"
         return f"{self.url} (sha256 {self.sha256[:12]}…, {how}; from {self.origin})"
 
-    def manifest_inputs(self) -> dict[str, Any]:
-        return {"volume": self.volume, "url": self.url, "sha256": self.sha256, "channel": self.channel,
-                "origin": self.origin}
-
 
 def channel_latest_url(channel: str, base_url: str = CHANNELS_BASE_URL, arch: str = ARCH) -> str:
     return f"{base_url.rstrip('/')}/{channel}/latest-nixos-minimal-{arch}.iso"

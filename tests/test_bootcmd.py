@@ -1,8 +1,8 @@
 """Tests for nixgold.bootcmd: Packer boot_command grammar, proxmox key replay, compiler and lint.
 
 Golden cases live in tests/bootcmd/<case>.json (steps -> boot_command -> qemu keys); the grammar and
-driver tables are checked against tests/fixtures/packer-boot-keys.json (copied verbatim from the
-shared spec, with its own `_source`).
+driver tables are checked against tests/fixtures/packer-boot-keys.json (packer-plugin-sdk's
+boot_command.pigeon and packer-plugin-proxmox's key driver, as named in its `_source`).
 """
 
 from __future__ import annotations
@@ -121,8 +121,17 @@ def test_golden(path):
     assert rules(case["boot_command"]) == case.get("lint_rules", [])
 
 
-def test_golden_cases_exist():
-    assert {"nixos_install_line", "escape_tags_in_text", "escape_template_braces"} <= {p.stem for p in GOLDEN}
+def test_the_products_boot_command_is_the_nixos_golden_case():
+    """nixos_iso_boot_sequence.json is what nixgold types for the default config: the steps
+    (nixgold.render.boot_command.install_steps), their Packer boot_command and, through
+    test_golden, the keys the proxmox driver sends for them."""
+    from nixgold.config.model import Config
+    from nixgold.render.boot_command import boot_command, install_steps
+
+    case = json.loads((HERE / "bootcmd" / "nixos_iso_boot_sequence.json").read_text(encoding="utf-8"))
+    config = Config()
+    assert compile_steps(load_steps(case["steps"])) == boot_command(config) == case["boot_command"]
+    assert keys(compile_steps(install_steps(config)), case["http_ip"], case["http_port"]) == case["qemu_keys"]
 
 
 # ------------------------------------------------------------------------------------------------

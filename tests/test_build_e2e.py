@@ -235,13 +235,24 @@ def test_keep_on_error_leaves_the_vm_and_says_how_to_inspect_it(testbed, before,
 
 
 def test_preflight_failure_exits_3_before_touching_the_cluster(testbed, before, dummy_iso, tmp_path):
+    """Every problem at once, exit 3, and nothing changed: the cluster's VMs (with their configs)
+    are what they were, and no build/<id>/ was created."""
     config = write_config(tmp_path, testbed, iso="missing.iso", vmid=testbed.template_vmid)
+
+    def cluster() -> dict[int, dict[str, Any]]:
+        with testbed.enter():
+            api = testbed.proxmoxer()
+            return {int(vm["vmid"]): api.nodes(vm["node"]).qemu(vm["vmid"]).config.get() for vm in testbed.all_vms()}
+
+    was = cluster()
     result = subprocess.run(invoke_argv(testbed), env=build_env(testbed, config), cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == ExitCode.PREFLIGHT, result.stderr
     assert "ISO local:iso/missing.iso (iso.volume) is not in storage local" in result.stderr
     assert f"vmid {testbed.template_vmid} holds nixgold template" in result.stderr
     assert testbed.user_password not in result.stderr + result.stdout
+    assert cluster() == was
+    assert not (tmp_path / "build").exists(), list((tmp_path / "build").rglob("*"))
 
 
 # ------------------------------------------------------------------------------ the stand-in build

@@ -96,3 +96,46 @@ def test_lock_offline_fails_clearly(workdir: Path) -> None:
     assert result.returncode == ExitCode.CONFIG
     assert "unreachable" in result.stderr and "network access" in result.stderr
     assert not (workdir / "nixgold.lock").exists()
+
+
+# --- the CLI's error path redacts with the environment's secrets (tasks._cli) -----------------------
+def test_an_error_quoting_a_secret_shows_it_masked(workdir: Path) -> None:
+    """A value given on the command line that happens to be the API secret (pasted into the wrong
+    flag) comes back in the config error: the error path masks it before printing."""
+    env = {"PROXMOX_TOKEN_SECRET": SECRET, "PROXMOX_PASSWORD": "pa55w0rd-in-the-env"}
+    for flag in ([f"--set=vm.disk_size={SECRET}"], [f"--set=vm.cores=pa55w0rd-in-the-env"]):
+        result = run(["build-template", "--dry-run", *flag], workdir, env)
+        assert result.returncode == ExitCode.CONFIG, result.stderr
+        assert "(from flag) = '***'" in result.stderr, result.stderr
+        assert SECRET not in result.stdout + result.stderr
+        assert "pa55w0rd-in-the-env" not in result.stdout + result.stderr
+    # a value too short to mask is left alone (credentials loading refuses it), not a crash
+    short = run(["build-template", "--dry-run", "--set=vm.cores=sh0rt"], workdir, {"PROXMOX_PASSWORD": "sh0rt"})
+    assert short.returncode == ExitCode.CONFIG and "vm.cores (from flag) = 'sh0rt'" in short.stderr
+
+
+def test_log_lines_and_a_bugs_traceback_are_masked_too(tmp_path: Path) -> None:
+    """The same wrapper in a fresh process: a warning logged with the secret and a bug (not a nixgold
+    error, so exit 1 with its traceback) that quotes it."""
+    code = f"""
+import logging, sys
+import tasks
+
+@tasks._cli
+def body(c, verbose=False):
+    logging.getLogger("nixgold.proxmox").warning("retrying with %s", {SECRET!r})
+    raise RuntimeError("boom " + {SECRET!r})
+
+try:
+    body(None)
+except tasks.Exit as exc:
+    sys.exit(exc.code)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "NIXGOLD_"))}
+    env.update(PROXMOX_TOKEN_SECRET=SECRET, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == ExitCode.INTERNAL, result.stderr
+    assert "WARNING nixgold.proxmox: retrying with ***" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "RuntimeError: boom ***" in result.stderr
+    assert SECRET not in result.stderr + result.stdout

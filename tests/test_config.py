@@ -206,6 +206,16 @@ def test_bad_environment_is_named(env: dict, key: str) -> None:
     assert key in str(info.value) and "environment" in str(info.value)
 
 
+def test_a_url_with_credentials_in_the_environment_is_refused_without_showing_it() -> None:
+    for url in ("https://root@pam:pw-in-the-url-0@pve.lan:8006/api2/json",
+                "https://user:pw-in-the-url-0@pve.lan:8006/api2/json"):
+        with pytest.raises(ConfigError) as info:
+            load_credentials(Config(), {"PROXMOX_URL": url})
+        text = str(info.value)
+        assert "PROXMOX_URL" in text and "no user or password in the URL" in text
+        assert "pw-in-the-url-0" not in text and "<not shown: the URL holds credentials>" in text
+
+
 def test_config_hash_is_stable_and_sensitive() -> None:
     assert Config().config_hash() == Config().config_hash()
     assert Config().config_hash() != parse_config({"vm": {"cores": 3}}).config_hash()

@@ -12,6 +12,7 @@ HCL unchanged (``packer console``).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -29,7 +30,6 @@ from hypothesis import strategies as st
 
 from nixgold.render import hcl
 from nixgold.render import packer_template as template_module
-from nixgold.config.credentials import load_credentials
 from nixgold.config.load import parse_config
 from nixgold.errors import ConfigError, RenderError
 from nixgold.render.packer_template import SENSITIVE_VARIABLES, packer_template, packer_variable_names, render_hcl
@@ -610,19 +610,34 @@ def test_arbitrary_boot_command_survives_rendering(boot_command, dialect):
 
 # --- secrets -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dialect", ["plugin", "bundled"])
-def test_secrets_from_the_environment_never_reach_the_hcl(dialect, monkeypatch):
+def test_secrets_from_the_environment_never_reach_the_rendered_files(dialect, monkeypatch, tmp_path):
+    """The commands that write rendered files (`invoke render`, `build-template --dry-run`), run with the
+    secrets in the environment: the same call loads them (the dry run's plan shows the credentials'
+    URL and identity from the environment), and no written file or printed line holds them; the HCL
+    only declares the secret variables, sensitive and without a default."""
+    from nixgold import commands
+
     token, password = "tok-5e1c7e7-secret-value", "pa55-w0rd-secret-value"
-    env = {"PROXMOX_URL": "https://pve.lan:8006/api2/json", "PROXMOX_TOKEN_ID": "ng@pve!build",
+    env = {"PROXMOX_URL": "https://env-pve.lan:8006/api2/json", "PROXMOX_TOKEN_ID": "ng@pve!build",
            "PROXMOX_TOKEN_SECRET": token, "PROXMOX_USERNAME": "root@pam", "PROXMOX_PASSWORD": password}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    inputs = make_inputs(dialect)
-    creds = load_credentials(inputs.config)
-    assert creds.secrets == (token, password)
-    text = render_hcl(inputs)
-    for secret in creds.secrets:
-        assert secret not in text
-    declared = variables(hcl2.loads(text))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-packer"))  # the plan needs no Packer
+    config = tmp_path / "nixgold.toml"
+    config.write_text(f"""[build]\ndialect = "{dialect}"\noutput_dir = "{tmp_path / 'out'}"\n
+[vm]\nfirmware = "{'uefi' if dialect == 'plugin' else 'bios'}"\n[iso]\nvolume = "{VOLUME}"\n""")
+    written = commands.render(str(config), {}, tmp_path / "rendered", dialect)
+    plan_text = io.StringIO()
+    plan = commands.dry_run(str(config), {}, plan_text)
+    assert plan.credentials.secrets == (token, password)
+    shown = plan_text.getvalue()
+    identity = "token ng@pve!build" if dialect == "plugin" else "password login as root@pam"
+    assert "at https://env-pve.lan:8006/api2/json, " + identity in shown  # the environment's credentials were used
+    files = [p for p in [*written, *(tmp_path / "out").rglob("*")] if p.is_file()]
+    assert any(p.name == HCL_FILE for p in files) and len(files) > 6
+    for text in [shown] + [p.read_text(errors="replace") for p in files]:
+        assert token not in text and password not in text
+    declared = variables(hcl2.loads((tmp_path / "rendered" / PACKER_DIR / HCL_FILE).read_text()))
     secret_var = "proxmox_token" if dialect == "plugin" else "proxmox_password"
     assert declared[secret_var]["sensitive"] is True and "default" not in declared[secret_var]
 

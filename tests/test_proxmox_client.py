@@ -25,6 +25,7 @@ from nixgold.config.credentials import Credentials
 from nixgold.errors import ProxmoxError, ProxmoxTaskError
 from nixgold.proxmox.vms import CloneJob, run_clone
 from nixgold.proxmox.client import (
+    OutcomeUnknown,
     ProxmoxClient,
     RetryPolicy,
     encode_params,
@@ -216,22 +217,76 @@ def test_sshkeys_given_as_text_are_encoded_once():
     assert rec.calls[0][2]["sshkeys"] == rec.calls[1][2]["sshkeys"] == encode_sshkeys([key])
 
 
-def test_every_call_verify_makes_is_in_the_pve_schema():
-    client, rec = fake_client(lambda m, p, d: UPID if m != "GET" else {})
-    client.start("pve", 120)
-    client.stop("pve", 120)
-    client.resize("pve", 120, "scsi0", "+1G")
-    client.agent("pve", 120, "ping")
-    client.agent("pve", 120, "network-get-interfaces")
-    client.agent("pve", 120, "get-osinfo")
-    client.vm_config("pve", 120, current=True)
-    client.vm_status("pve", 120)
-    client.get("cluster/resources", type="vm")
-    client.get("cluster/nextid", vmid=130)
-    client.get(f"nodes/pve/tasks/{UPID}/log", start=0, limit=5000)
-    for method, path, data in rec.calls:
-        schema_validate(method, path, data)
-    assert [c[0] for c in rec.calls[3:6]] == ["POST", "GET", "GET"]
+def api_side_checks() -> Callable[..., list[Any]]:
+    """A run_checks that runs only the checks that talk to Proxmox, not to the guest over SSH (the
+    check functions taking ``ctx`` and ``clone``: agent ping, get-osinfo, get-host-name)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import nixgold.verify.checks as suite
+
+    functions = []
+    for info in pkgutil.iter_modules(suite.__path__):
+        if info.name.startswith("test_"):
+            module = importlib.import_module(f"{suite.__name__}.{info.name}")
+            functions += [fn for name, fn in vars(module).items() if name.startswith("test_") and callable(fn)
+                          and set(inspect.signature(fn).parameters) == {"ctx", "clone"}]
+    assert functions
+
+    def run_checks(ctx: Any, extra_dirs: Any = ()) -> list[Any]:
+        results = []
+        for fn in functions:
+            for clone in ctx.clones:
+                try:
+                    fn(ctx, clone)
+                    outcome, reason = "passed", ""
+                except AssertionError as exc:
+                    outcome, reason = "failed", str(exc)
+                results.append(suite.CheckResult(id=fn.__name__, target=clone.name, outcome=outcome, seconds=0.0,
+                                                 reason=reason, summary=fn.__name__))
+        return results
+
+    return run_checks
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")  # the suite's own marks
+def test_every_call_verify_makes_is_in_the_pve_schema(testbed, monkeypatch, tmp_path):
+    """The calls of a real verify run (one clone of the bed's template booted, the API-side checks),
+    recorded at ProxmoxClient.call and each validated against the PVE 9.1 schema as PVE would."""
+    import io
+
+    import nixgold.verify.checks as suite
+    from nixgold.config.load import load_config
+    from nixgold.progress import Progress
+    from nixgold.verify.verifier import VerifyOptions, run_verify
+
+    monkeypatch.setattr(suite, "run_checks", api_side_checks())
+    config = load_config(testbed.config_path, env={}, overrides={
+        "verify.clones": 1, "verify.profile": "generic", "verify.agent_timeout": "10m", "verify.ssh_timeout": "5m"})
+    recorded: list[tuple[str, str, dict[str, Any]]] = []
+    with testbed.enter():
+        client = ProxmoxClient(bed_creds(testbed), retry=FAST)
+        real_call = client.call
+
+        def call(method: str, path: str, params: Any = None, *, idempotent: bool) -> Any:
+            recorded.append((method, path.strip("/"), encode_params(params or {})))
+            return real_call(method, path, params, idempotent=idempotent)
+
+        monkeypatch.setattr(client, "call", call)
+        report = run_verify(config, bed_creds(testbed), VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
+                            out=io.StringIO(), client=client)
+    assert report.exit_code == 0, [(r.id, r.outcome, r.reason) for r in report.results]
+    for method, path, params in recorded:
+        schema_validate(method, path, params)
+    shapes = {(m, re.sub(r"UPID:[^/]+", "{upid}", re.sub(r"/\d+(?=/|$)", "/{vmid}", p))) for m, p, _ in recorded}
+    for stage in [("POST", "nodes/pve/qemu/{vmid}/clone"), ("PUT", "nodes/pve/qemu/{vmid}/config"),
+                  ("PUT", "nodes/pve/qemu/{vmid}/resize"), ("POST", "nodes/pve/qemu/{vmid}/status/start"),
+                  ("POST", "nodes/pve/qemu/{vmid}/agent/ping"), ("GET", "nodes/pve/qemu/{vmid}/agent/network-get-interfaces"),
+                  ("GET", "nodes/pve/qemu/{vmid}/agent/get-osinfo"), ("GET", "nodes/pve/qemu/{vmid}/agent/get-host-name"),
+                  ("POST", "nodes/pve/qemu/{vmid}/status/stop"), ("DELETE", "nodes/pve/qemu/{vmid}"),
+                  ("GET", "nodes/pve/tasks/{upid}/status")]:
+        assert stage in shapes, (stage, sorted(shapes))
 
 
 # ---------------------------------------------------------------------------- UPIDs and tasks
@@ -440,6 +495,151 @@ def test_connection_errors_retry_only_when_safe():
     with pytest.raises(ProxmoxError):
         client.vm_status("pve", 120)
     assert len(rec.calls) == 4  # a GET is safe to repeat
+
+
+# ------------------------------------------------------------------------ destroy: not blindly
+def test_a_destroy_whose_answer_is_lost_is_looked_up_not_repeated():
+    """DELETE times out after it was sent: the client asks the task list instead of sending it again."""
+    running = {"upid": UPID.replace("qmclone:9004", "qmdestroy:120"), "starttime": 2, "type": "qmdestroy"}
+
+    def answer(m: str, p: str, d: dict[str, Any]) -> Any:
+        if m == "DELETE":
+            raise requests.exceptions.ReadTimeout("read timed out")
+        if p == "nodes/pve/tasks":
+            return [{"upid": "UPID:pve:00000001:00000001:00000001:qmdestroy:120:old@pve:", "starttime": 1,
+                     "endtime": 1, "status": "OK"}, running]
+        raise AssertionError(f"unexpected {m} {p}")
+
+    client, rec = fake_client(answer)
+    assert client.destroy("pve", 120) == running["upid"]
+    assert [(m, p) for m, p, _ in rec.calls] == [("DELETE", "nodes/pve/qemu/120"), ("GET", "nodes/pve/tasks")]
+    assert rec.calls[1][2] == {"vmid": 120, "typefilter": "qmdestroy", "source": "all", "limit": 50}
+
+    # nothing runs and the VM still exists: nothing was started, so the DELETE goes out again
+    deletes = iter([requests.exceptions.ReadTimeout("read timed out"), UPID])
+
+    def second(m: str, p: str, d: dict[str, Any]) -> Any:
+        if m == "DELETE":
+            result = next(deletes)
+            if isinstance(result, Exception):
+                raise result
+            return result
+        if p == "nodes/pve/tasks":
+            return []
+        if p == "cluster/resources":
+            return [{"type": "qemu", "vmid": 120, "node": "pve"}]
+        raise AssertionError(f"unexpected {m} {p}")
+
+    client, rec = fake_client(second)
+    assert client.destroy("pve", 120) == UPID and client.retries == 1
+    assert [m for m, _, _ in rec.calls].count("DELETE") == 2
+
+    # a plain error (PVE answered) is raised as it is, without looking anything up
+    def locked(m: str, p: str, d: dict[str, Any]) -> Any:
+        from proxmoxer import ResourceException
+
+        raise ResourceException(500, "VM is locked (clone)", "VM is locked (clone)")
+
+    client, rec = fake_client(locked)
+    with pytest.raises(ProxmoxError, match="VM is locked") as info:
+        client.destroy("pve", 120)
+    assert not isinstance(info.value, OutcomeUnknown) and len(rec.calls) == 1
+
+
+def make_vm(client: ProxmoxClient, vmid: int, name: str) -> int:
+    destroy(client, vmid)
+    client.wait_task(client.post("nodes/pve/qemu", vmid=vmid, name=name, memory=64), 60)
+    return vmid
+
+
+def destroy_tasks(client: ProxmoxClient, vmid: int) -> list[str]:
+    return [t["upid"] for t in client.get("nodes/pve/tasks", vmid=vmid, typefilter="qmdestroy", source="all")]
+
+
+@pytest.mark.parametrize("vmid, task_seconds", [(9871, 0.0), (9872, 4.0)], ids=["task-done", "task-running"])
+def test_a_lost_destroy_answer_returns_the_task_it_started(testbed, client, vmid, task_seconds):
+    """PVE started the destroy task, but its answer came after the client's read timeout. Sending the
+    DELETE again would fail ("does not exist") or start a second task that fails; the client finds
+    the first task (finished, or still running) and returns its UPID."""
+    make_vm(client, vmid, "lost-answer")
+    before = destroy_tasks(client, vmid)
+    sim = testbed.sim_admin
+    sim.delay_answer("DELETE", f"/nodes/pve/qemu/{vmid}", seconds=5)
+    if task_seconds:
+        sim.slow_task("DELETE", f"/nodes/pve/qemu/{vmid}", seconds=task_seconds)
+    impatient = ProxmoxClient(bed_creds(testbed), retry=FAST, api=testbed.proxmoxer(timeout=2))
+    upid = impatient.destroy("pve", vmid)
+    assert impatient.wait_task(upid, 60)["exitstatus"] == "OK"
+    assert client.find_vm(vmid) is None
+    started = [u for u in destroy_tasks(client, vmid) if u not in before]
+    assert started == [upid]  # one DELETE, one task: the one the lost answer would have named
+    time.sleep(3.5)  # the late answer has gone out; still no second destroy
+    assert [u for u in destroy_tasks(client, vmid) if u not in before] == [upid]
+
+
+def test_a_destroy_that_never_started_is_sent_again(testbed, client):
+    """The first DELETE is still queued in front of PVE when the client gives up: no task, the VM is
+    there, so sending it again is safe (the late first one then finds nothing to do)."""
+    vmid = make_vm(client, 9873, "late-request")
+    testbed.sim_admin.delay("DELETE", f"/nodes/pve/qemu/{vmid}", seconds=4)
+    impatient = ProxmoxClient(bed_creds(testbed), retry=FAST, api=testbed.proxmoxer(timeout=2))
+    upid = impatient.destroy("pve", vmid)
+    assert impatient.wait_task(upid, 60)["exitstatus"] == "OK" and impatient.retries == 1
+    assert client.find_vm(vmid) is None
+    time.sleep(2.5)
+
+
+# ---------------------------------------------------------------------------------- threads
+def test_one_client_serves_many_threads(testbed, client):
+    """Two threads make many calls at once through one client: each has its own proxmoxer API object
+    (its own requests.Session), every call succeeds and the retry counter is exact."""
+    injected = 7
+    patient = RetryPolicy(attempts=injected + 2, base=0.001, cap=0.005)
+    shared = ProxmoxClient(bed_creds(testbed), retry=patient)
+    testbed.sim_admin.fail("GET", "/version", status=503, message="injected: busy", times=injected)
+    seq = last_seq(testbed)
+    calls, start = 40, threading.Barrier(2)
+    apis: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            apis[i] = shared.api
+            for _ in range(calls):
+                assert shared.version()["release"] == "9.1"
+                assert shared.api is apis[i]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert shared.retries == injected
+    assert len(calls_since(testbed, seq, "GET", r"/api2/json/version")) == 2 * calls + injected
+    assert apis[0] is not apis[1] and shared.api not in (apis[0], apis[1])
+    assert apis[0]._store["session"] is not apis[1]._store["session"]  # noqa: SLF001 - the point of the test
+
+    # password login: a thread that did not build the client logs in on its first call
+    pw = ProxmoxClient(bed_creds(testbed, token_id=None, token_secret=None, username="nixgold@pve",
+                                 password=testbed.user_password), retry=FAST)
+    answers: list[Any] = []
+    t = threading.Thread(target=lambda: answers.append(pw.vm_config("pve", TEMPLATE)["template"]))
+    t.start()
+    t.join(60)
+    assert answers == [1]
+
+    # an injected API object is everyone's
+    rec = Recorder(lambda m, p, d: {"release": "9.1"})
+    injected_client = ProxmoxClient(bed_creds(testbed), api=rec, retry=FAST)
+    seen: list[Any] = []
+    t = threading.Thread(target=lambda: seen.append(injected_client.api))
+    t.start()
+    t.join(10)
+    assert seen == [rec] and injected_client.api is rec
 
 
 def test_an_unreachable_api_is_a_clear_error(testbed):

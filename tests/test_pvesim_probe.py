@@ -1,4 +1,4 @@
-"""Probes of PVE 9.1 rules the simulator follows (shared notes: pve-behaviour-probe.md).
+"""Probes of PVE 9.1 rules the simulator follows.
 
 One test per rule; each docstring names the PVE source line the simulator copies (Q =
 qemu-server ``src/PVE/API2/Qemu.pm``, QS = ``src/PVE/QemuServer.pm``, qemu-server 9.1.19).

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +23,20 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert ci_lines == [test_command]
 
 
-def test_readme_main_command_runs_the_dry_run() -> None:
+def test_readme_main_command_runs_the_dry_run(tmp_path: Path) -> None:
+    """The Quick start line, verbatim after its setup step, in a fresh directory that has what
+    setup.sh and a checkout provide (.venv, tasks.py, nixgold.example.toml): the dry run prints
+    the plan and renders into build/dry-run/ (offline, nothing touched)."""
     main_command = _sh_blocks()[0]
-    assert main_command.startswith("bash scripts/setup.sh ") and "build-template --dry-run" in main_command
-    assert (REPO / "scripts/setup.sh").is_file() and (REPO / "nixgold.example.toml").is_file()
+    setup, _, rest = main_command.partition(" && ")
+    assert setup == "bash scripts/setup.sh" and (REPO / "scripts/setup.sh").is_file()
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
+    (tmp_path / "tasks.py").symlink_to(REPO / "tasks.py")
+    shutil.copyfile(REPO / "nixgold.example.toml", tmp_path / "nixgold.example.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROXMOX_", "NIXGOLD_"))}
+    result = subprocess.run(["bash", "-c", rest], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "nixgold.toml").read_text() == (REPO / "nixgold.example.toml").read_text()
+    for fragment in ("vmid 9004", "build/dry-run/packer/nixgold.pkr.hcl", "build/dry-run/http/install.sh"):
+        assert fragment in result.stdout, (fragment, result.stdout)
+    assert (tmp_path / "build/dry-run/packer/nixgold.pkr.hcl").is_file()

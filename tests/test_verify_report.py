@@ -121,7 +121,7 @@ def test_keep_text_lists_ssh_commands():
     report.ssh_commands = ["ssh -i /tmp/nixgold-verify-x/id_ed25519 nixgold@10.99.0.123"]
     text = format_keep(report)
     assert "ssh -i /tmp/nixgold-verify-x/id_ed25519 nixgold@10.99.0.123" in text
-    assert "qm destroy $id --purge 1" in text and "for id in 120;" in text
+    assert "qm destroy $id --purge 1 --destroy-unreferenced-disks 1;" in text and "for id in 120;" in text
     assert format_keep(sample()) == ""
 
 

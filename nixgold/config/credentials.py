@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from nixgold.config.model import Config
-from nixgold.config.validate import TOKEN_ID_RE, USERID_RE, api_url_problem
+from nixgold.config.validate import TOKEN_ID_RE, USERID_RE, api_url_problem, url_value
 from nixgold.errors import ConfigError, ConfigIssue
 from nixgold.secrets import MIN_SECRET_LENGTH, REDACTED
 
@@ -58,7 +58,7 @@ def load_credentials(config: Config, env: Mapping[str, str] | None = None) -> Cr
     )
     issues: list[ConfigIssue] = []
     if creds.url is not None and (problem := api_url_problem(creds.url)):
-        issues.append(ConfigIssue("PROXMOX_URL", creds.url, problem))
+        issues.append(ConfigIssue("PROXMOX_URL", url_value(creds.url), problem))
     for name in SECRET_VARIABLES:
         value = env.get(name) or ""
         if 0 < len(value) < MIN_SECRET_LENGTH:

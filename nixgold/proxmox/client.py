@@ -5,7 +5,8 @@
     client.wait_task(upid, timeout=900)            # raises ProxmoxTaskError unless OK / WARNINGS: N
 
 Every failure is a :class:`~nixgold.errors.ProxmoxError` (or :class:`ProxmoxTaskError`) carrying
-PVE's own message. Rules this module enforces (see ``/work/shared/notes/pve-api.md``):
+PVE's own message. Rules this module enforces (sources: the PVE 9.1 API schema, pve-common's
+JSONSchema/RESTHandler, qemu-server's API2/Qemu.pm, proxmoxer's https backend):
 
 * **Encoding**: Python booleans become ``1``/``0`` (PVE's JSONSchema rejects ``True``), ``None``
   values are dropped, hyphenated keys (``destroy-unreferenced-disks``) pass through unchanged, and
@@ -18,14 +19,23 @@ PVE's own message. Rules this module enforces (see ``/work/shared/notes/pve-api.
   it twice cannot hurt:
 
   - *idempotent* calls (every GET; PUTs/POSTs that set absolute state such as ``config`` values,
-    ``status/stop``, ``DELETE`` of a VM) on connection errors, read timeouts and HTTP 502, 503,
-    504, 595, 596;
+    ``status/stop``) on connection errors, read timeouts and HTTP 502, 503, 504, 595, 596;
   - *any* call, including task-spawning POSTs (``clone``, ``status/start``, ``resize +1G``), only
     when the request provably never reached PVE: the TCP/TLS connection could not be established,
     or HTTP 595 (pveproxy could not connect to the target node). A 500 from ``clone`` (PVE died
     before forking the worker, e.g. "config file already exists") or a read timeout after the
     request was sent is *not* retried blindly: the caller decides (new vmid, wait for a lock, or
-    fail and let cleanup look for a half-created VM).
+    fail and let cleanup look for a half-created VM). When the request was sent and no answer
+    says whether it took effect, the error is an :class:`OutcomeUnknown`;
+  - ``DELETE`` of a VM (:meth:`ProxmoxClient.destroy`) is *not* idempotent: it starts a task, and a
+    second DELETE while (or after) the first one's task runs fails with "VM is locked" or "does
+    not exist". After an :class:`OutcomeUnknown` it looks before it repeats: a running destroy
+    task of that vmid is the one the lost request started (its UPID is returned); the VM gone
+    means a destroy already finished (the newest destroy task's UPID); only a VM that still
+    exists with no destroy running gets the DELETE again.
+* **Threads**: one client may be used from several threads (verify boots clones in parallel):
+  each thread gets its own proxmoxer API object (its own ``requests.Session``; an injected
+  ``api`` is shared), and the retry counter is kept under a lock.
 * **Logging**: request bodies are never logged; proxmoxer logs ``data`` at INFO, so its loggers
   are held at WARNING and a filter drops anything below WARNING from them.
 """
@@ -36,6 +46,7 @@ import logging
 import random
 import re
 import ssl
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -56,6 +67,11 @@ RETRY_STATUSES = frozenset({502, 503, 504, 595, 596})
 NEVER_SENT_STATUSES = frozenset({595})
 
 TASK_OK_RE = re.compile(r"^(OK|WARNINGS: \d+)$")
+
+
+class OutcomeUnknown(ProxmoxError):
+    """The request was sent, and no answer says whether PVE acted on it (a read timeout, the
+    connection lost after sending, a gateway error): the caller must look before it repeats."""
 
 UPID_RE = re.compile(
     r"^UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8,9}):([0-9A-Fa-f]{8}):"
@@ -185,7 +201,9 @@ class ProxmoxClient:
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.clock = clock
-        self.retries = 0  # how many times a call was retried (for reports and tests)
+        self.retries = 0  # how many times a call was retried (for reports and tests); under _retries_lock
+        self._retries_lock = threading.Lock()
+        self._local = threading.local()  # one proxmoxer API object (one requests.Session) per thread
         if not creds.url:
             raise ProxmoxError("no Proxmox API URL: set PROXMOX_URL (or proxmox.url)")
         parts = urllib.parse.urlsplit(creds.url)
@@ -199,7 +217,20 @@ class ProxmoxClient:
         else:
             self.verify = creds.ca_bundle or system_ca_store()
         self.authid = creds.token_id or creds.username or ""
-        self._api = api if api is not None else self._connect()
+        self._shared_api = api  # injected (tests): used by every thread
+        if api is None:
+            self._local.api = self._connect()  # now, so bad credentials fail here and not at the first call
+
+    @property
+    def api(self) -> Any:
+        """This thread's proxmoxer API object (a requests.Session is not meant to be shared by threads);
+        password login gets a ticket per thread."""
+        if self._shared_api is not None:
+            return self._shared_api
+        api = getattr(self._local, "api", None)
+        if api is None:
+            api = self._local.api = self._connect()
+        return api
 
     # -- connection ------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -239,7 +270,7 @@ class ProxmoxClient:
     def put(self, path: str, *, idempotent: bool = False, **data: Any) -> Any:
         return self.call("PUT", path, data, idempotent=idempotent)
 
-    def delete(self, path: str, *, idempotent: bool = True, **params: Any) -> Any:
+    def delete(self, path: str, *, idempotent: bool = False, **params: Any) -> Any:
         return self.call("DELETE", path, params, idempotent=idempotent)
 
     def call(self, method: str, path: str, params: Mapping[str, Any] | None = None, *,
@@ -254,7 +285,8 @@ class ProxmoxClient:
             attempt += 1
             log.debug("%s /%s", method, path)  # never the body: it may hold passwords or keys
             try:
-                resource = self._api(path) if path else self._api
+                api = self.api
+                resource = api(path) if path else api
                 return getattr(resource, method.lower())(**dict(encoded))
             except ResourceException as exc:
                 status = int(exc.status_code)
@@ -262,13 +294,18 @@ class ProxmoxClient:
                 if retry_ok and attempt < self.retry.attempts:
                     self._backoff(method, path, f"HTTP {status} {exc.content}", attempt)
                     continue
-                raise self._error(method, path, exc) from None
+                error = self._error(method, path, exc)
+                if not idempotent and status in RETRY_STATUSES - NEVER_SENT_STATUSES:
+                    # a proxy/gateway error: whether the node got the request is not known
+                    raise OutcomeUnknown(str(error), status=status) from None
+                raise error from None
             except Exception as exc:
                 self._maybe_retry_transport(method, path, exc, attempt, idempotent)
 
     def _backoff(self, method: str, path: str, why: str, attempt: int) -> None:
         delay = self.retry.delay(attempt)
-        self.retries += 1
+        with self._retries_lock:
+            self.retries += 1
         log.warning("%s /%s: %s; retrying in %.1fs (attempt %d of %d)", method, path, why, delay,
                     attempt + 1, self.retry.attempts)
         self.sleep(delay)
@@ -289,10 +326,11 @@ class ProxmoxClient:
             self._backoff(method, path, _short(exc), attempt)
             return
         if isinstance(exc, requests.exceptions.Timeout) and not never_sent:
-            raise ProxmoxError(f"{method} /{path}: no answer from {self.url} within {self.timeout}s "
-                               f"(proxmox.timeout); the call may or may not have taken effect") from None
-        raise ProxmoxError(f"cannot reach the Proxmox API at {self.url} ({method} /{path}): {_short(exc)}"
-                           + (f" (after {attempt} attempts)" if attempt > 1 else "")) from None
+            raise OutcomeUnknown(f"{method} /{path}: no answer from {self.url} within {self.timeout}s "
+                                 f"(proxmox.timeout); the call may or may not have taken effect") from None
+        message = (f"cannot reach the Proxmox API at {self.url} ({method} /{path}): {_short(exc)}"
+                   + (f" (after {attempt} attempts)" if attempt > 1 else ""))
+        raise (ProxmoxError if never_sent else OutcomeUnknown)(message) from None
 
     def _error(self, method: str, path: str, exc: Any) -> ProxmoxError:
         status = int(exc.status_code)
@@ -410,8 +448,52 @@ class ProxmoxClient:
         return str(self.post(f"nodes/{node}/qemu/{vmid}/status/stop", idempotent=True))
 
     def destroy(self, node: str, vmid: int) -> str:
-        return str(self.delete(f"nodes/{node}/qemu/{vmid}", purge=True,
-                               **{"destroy-unreferenced-disks": True}))
+        """DELETE .../qemu/{vmid} (purge, with unreferenced disks) -> the UPID of the destroy task.
+
+        Not retried blindly (see the module doc): after an answer that leaves open whether PVE
+        started the task, :meth:`destroy_task` looks for it first; the DELETE is repeated only
+        while the VM exists and no destroy of it runs. An error of a repeated DELETE ("does not
+        exist", "VM is locked") is looked into the same way before it is raised.
+        """
+        path = f"nodes/{node}/qemu/{vmid}"
+        params = {"purge": True, "destroy-unreferenced-disks": True}
+        unsure = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return str(self.call("DELETE", path, params, idempotent=False))
+            except OutcomeUnknown as exc:
+                unsure, error = True, exc
+            except ProxmoxError as exc:
+                if not unsure:
+                    raise
+                error = exc  # an earlier DELETE may have started a destroy: this one's error may be its doing
+            upid = self.destroy_task(node, vmid)
+            if upid is not None:
+                log.warning("DELETE /%s: %s; the destroy runs (or ran) as %s: waiting for that task", path,
+                            _short(error), upid)
+                return upid
+            if attempt >= self.retry.attempts:
+                raise error
+            self._backoff("DELETE", path, f"{_short(error)}; VM {vmid} still exists and no destroy of it runs",
+                          attempt)
+
+    def destroy_task(self, node: str, vmid: int) -> str | None:
+        """After a DELETE whose answer was lost: the UPID of a running destroy of ``vmid``; or, when
+        the VM is gone, of the newest destroy task of it (the one that removed it); None when the
+        VM still exists and no destroy of it runs (nothing was started: safe to send it again)."""
+        tasks = self.get(f"nodes/{node}/tasks", vmid=vmid, typefilter="qmdestroy", source="all", limit=50) or []
+        tasks = sorted(tasks, key=lambda t: int(t.get("starttime") or 0), reverse=True)
+        running = [t for t in tasks if t.get("endtime") is None]
+        if running:
+            return str(running[0]["upid"])
+        if self.find_vm(vmid) is not None:
+            return None
+        if tasks:
+            return str(tasks[0]["upid"])
+        raise ProxmoxError(f"VM {vmid} no longer exists, but no destroy task of it is listed on {node}: "
+                           f"removed by another client?")
 
     def agent(self, node: str, vmid: int, command: str) -> Any:
         """A guest-agent command; returns the QGA result (``{"result": X}`` unwrapped)."""

@@ -203,7 +203,8 @@ def format_keep(report: VerifyReport) -> str:
     lines = [f"kept {len(report.ssh_commands)} clone(s); the key stays in {report.ssh_key_file}:"]
     lines += [f"  {cmd}" for cmd in report.ssh_commands]
     ids = " ".join(str(c.vmid) for c in report.clones if c.kept)
-    lines.append(f"destroy them when done: for id in {ids}; do qm stop $id; qm destroy $id --purge 1; done; "
+    lines.append(f"destroy them when done: for id in {ids}; do qm stop $id; qm destroy $id --purge 1 "
+                 f"--destroy-unreferenced-disks 1; done; "
                  f"rm -r {Path(report.ssh_key_file).parent if report.ssh_key_file else '<key dir>'}")
     return "\n".join(lines)
 

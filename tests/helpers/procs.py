@@ -33,3 +33,29 @@ def argvs(pids: list[int]) -> list[str]:
         except OSError:
             pass
     return out
+
+
+class ArgvSampler:
+    """The command lines of every process below ``pid`` while it runs, polled every ``interval``
+    seconds from a thread (a short-lived child can slip between two polls: pair it with a record
+    the child writes itself where that matters)."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import threading
+
+        self.pid = pid
+        self.interval = interval
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.seen.update(argvs(descendants(self.pid)))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> set[str]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.seen

@@ -52,6 +52,9 @@ class SimAdmin:
     def delay(self, method: str, path: str, seconds: float, nth: int = 1, times: int = 1) -> dict[str, Any]:
         return self.add_fault("delay", path, method=method, seconds=seconds, nth=nth, times=times)
 
+    def delay_answer(self, method: str, path: str, seconds: float, nth: int = 1, times: int = 1) -> dict[str, Any]:
+        return self.add_fault("delay_answer", path, method=method, seconds=seconds, nth=nth, times=times)
+
     def task_error(self, method: str, path: str, message: str, nth: int = 1, times: int = 1) -> dict[str, Any]:
         return self.add_fault("task_error", path, method=method, message=message, nth=nth, times=times)
 

@@ -7,6 +7,8 @@ a regex).  It fires on matching call number ``nth`` (1-based) and the
 
 ``fail``                answer ``status`` + ``message`` (and ``errors`` for 400) at once
 ``delay``               sleep ``seconds`` before handling the call normally
+``delay_answer``        handle the call normally, then sleep ``seconds`` before answering: the
+                        call took effect, the client may time out first (a lost answer)
 ``task_error``          the call returns its UPID but the task ends ``TASK ERROR: message``
 ``slow_task``           the task sleeps ``seconds`` in the middle (clone: while ``lock: clone``)
 ``clone_lock_timeout``  the clone task ends ``clone failed: can't lock file
@@ -31,7 +33,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-ACTIONS = {"fail", "delay", "task_error", "slow_task", "clone_lock_timeout", "stuck_lock", "take_vmid"}
+ACTIONS = {"fail", "delay", "delay_answer", "task_error", "slow_task", "clone_lock_timeout", "stuck_lock", "take_vmid"}
 
 
 @dataclass

@@ -372,6 +372,9 @@ class RequestHandler(BaseHTTPRequestHandler):
             REQUEST_FAULTS.reset(token)
         body: dict[str, Any] = {"data": result}
         body.update(ctx.extra)
+        late = fired.get("delay_answer")
+        if late is not None and late.seconds:
+            time.sleep(late.seconds)  # done, but the answer comes late (the client may have given up)
         self.send_json(200, "OK", body)
         return 200
 
