@@ -205,7 +205,8 @@ def test_a_signal_destroys_every_clone_and_exits_130(testbed, before, sig, when)
     run = BackgroundRun(argv(testbed, "--vmid", str(TEMPLATE), "--profile", "generic"), env(testbed), REPO)
     try:
         if when == "booting":
-            run.wait_for(r"booting 2 clones")
+            run.wait_for(r"verify-1: \w+ clone ready in")
+            run.wait_for(r"verify-2: \w+ clone ready in")
             time.sleep(3)  # QEMU is up, the guests are booting
             assert len(verify_vms(testbed)) == 2
         else:
