@@ -11,9 +11,11 @@ measures, one after the other so they do not compete for the CPU:
    per-stage split from its JSON report);
 3. the boot floor for two clones booted by hand at once;
 
-and prints the overhead (verify wall time - one-clone boot floor), whether the goal is met, and
-where the overhead goes: the check suite, booting two TCG guests at once on a 2-core machine
-(each slower than one alone), and what is left for verify itself.
+and prints the check-suite time per clone (each clone is checked as soon as it answers SSH, the
+clones at the same time), the overhead (verify wall time - one-clone boot floor), whether the goal
+(<= 15 s) and the stretch goal (<= 8 s) are met, and where the overhead goes: booting two TCG
+guests at once on a 2-core machine (each slower than one alone), the slowest clone's checks, the
+checks across clones, destroying, and what is left for verify itself.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 GOAL_OVERHEAD_S = 15.0
+STRETCH_OVERHEAD_S = 8.0
 
 
 def boot_floor(bed: object, count: int = 1) -> tuple[float, float]:
@@ -146,14 +149,23 @@ def main() -> int:
                   f"(slowest agent after {agent_n:.1f} s)", flush=True)
         else:
             floor_n = floor
-        checks = sum(v for k, v in stages.items() if k.startswith("running the"))
+        clones = data.get("clones", [])
+        per_clone = [c.get("timings", {}) for c in clones]
+        suite = [t["checks"] for t in per_clone if "checks" in t]
+        print("check suite per clone: " + ", ".join(
+            f"{t['checks']:.1f} s (facts gathered in one command: {t.get('checks_facts', 0.0):.1f} s)"
+            for t in per_clone if "checks" in t) + " -- the clones at the same time, each from its SSH login on")
+        cross = sum(v for k, v in stages.items() if k.startswith("running the checks across"))
+        destroy = sum(v for k, v in stages.items() if k.startswith("destroying"))
         overhead = wall - floor
         met = rc == 0 and overhead <= GOAL_OVERHEAD_S
         print(f"overhead: {overhead:.1f} s over the one-clone boot floor (goal <= {GOAL_OVERHEAD_S:.0f} s: "
-              f"{'met' if met else 'NOT met'})")
-        own = wall - floor_n - checks
-        print(f"  of which the check suite: {checks:.1f} s; booting {args.clones} guests at once instead of one: "
-              f"{floor_n - floor:.1f} s; verify's own cost (API, waits, destroy): {own:.1f} s")
+              f"{'met' if met else 'NOT met'}; stretch <= {STRETCH_OVERHEAD_S:.0f} s: "
+              f"{'met' if met and overhead <= STRETCH_OVERHEAD_S else 'not met'})")
+        own = wall - floor_n - (max(suite) if suite else 0.0) - cross - destroy
+        print(f"  of which: booting {args.clones} guests at once instead of one {floor_n - floor:.1f} s; the slowest "
+              f"clone's checks {max(suite) if suite else 0.0:.1f} s; the checks across clones {cross:.1f} s; "
+              f"destroying {destroy:.1f} s; the rest (cloning, API, waits) {own:.1f} s")
         print(f"load average now {os.getloadavg()[0]:.2f} (other guests on this machine slow every figure)")
         return 0 if rc == 0 else 1
     finally:

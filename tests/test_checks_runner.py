@@ -1,7 +1,7 @@
-"""nixgold.verify.checks.run_checks and the pytest plugin without guests: the suite runs in-process
-against this machine (testinfra's local backend in place of SSH), plus check modules written
-here to pin down ids, targets, outcomes and one-line reasons. Standalone use (`pytest --hosts=...
-nixgold/verify/checks/`) is run as a subprocess."""
+"""nixgold.verify.checks.run_checks and the pytest plugin without guests: the suite runs (in its child
+process) against this machine (testinfra's local backend in place of SSH: ``connection="local"``),
+plus check modules written here to pin down ids, targets, outcomes and one-line reasons. Standalone
+use (`pytest --hosts=... nixgold/verify/checks/`) is run as a subprocess too."""
 from __future__ import annotations
 
 import os
@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from nixgold.verify.checks import CHECKS_DIR, CheckContext, CheckResult, CloneTarget, run_checks
-from nixgold.verify.checks.plugin import NixgoldMode, describe, public_key_of
+from nixgold.verify.checks import (
+    AGENT_COMMANDS,
+    CHECKS_DIR,
+    AgentAnswers,
+    CheckContext,
+    CheckResult,
+    CloneTarget,
+    run_checks,
+)
+from nixgold.verify.checks.plugin import describe, public_key_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,17 +70,23 @@ def test_cross(clones, ctx):
 '''
 
 
-@pytest.fixture
-def local_hosts(monkeypatch):
-    """Every clone is this machine (testinfra local backend)."""
-    monkeypatch.setattr(NixgoldMode, "host_for", lambda self, clone: testinfra.get_host("local://"))
+def answers_for(clones, answer) -> AgentAnswers:
+    """The agent's answers (or errors) for every clone, as verify fetches them before a run."""
+    answers = AgentAnswers()
+    for c in clones:
+        for command in AGENT_COMMANDS:
+            answers.record(c.vmid, command, lambda: answer(c.vmid, command))
+    return answers
 
 
-def ctx_for(*names: str, **changes) -> CheckContext:
-    clones = tuple(CloneTarget(vmid=100 + i, name=n, node="pve", address="127.0.0.1", ssh_user="root",
-                               ssh_key_file=Path("/nonexistent"), disk_bytes=0) for i, n in enumerate(names))
+def ctx_for(*names: str, agent=lambda vmid, cmd: {"id": "debian"}, connection="local", **changes) -> CheckContext:
+    """Every clone is this machine (``connection="local"``: testinfra's local backend)."""
+    clones = changes.pop("clones", None) or tuple(
+        CloneTarget(vmid=100 + i, name=n, node="pve", address="127.0.0.1", ssh_user="root",
+                    ssh_key_file=Path("/nonexistent"), disk_bytes=0) for i, n in enumerate(names))
     base = dict(profile="generic", nixos_release="26.05", permit_root_login="prohibit-password", ciuser="root",
-                injected_public_key="", allowed_keys=(), clones=clones, agent=lambda vmid, cmd: {"id": "debian"})
+                injected_public_key="", allowed_keys=(), clones=clones, agent=answers_for(clones, agent),
+                connection=connection)
     base.update(changes)
     return CheckContext(**base)
 
@@ -81,9 +95,11 @@ def by_key(results: list[CheckResult]) -> dict[tuple[str, str], CheckResult]:
     return {(r.id, r.target): r for r in results}
 
 
-def test_ids_targets_outcomes_and_one_line_reasons(local_hosts, tmp_path, capfd):
+def test_ids_targets_outcomes_and_one_line_reasons(tmp_path, capfd):
     (tmp_path / "test_custom.py").write_text(EXTRA)
-    results = run_checks(ctx_for("clone-a", "clone-b"), [tmp_path])
+    run = run_checks(ctx_for("clone-a", "clone-b"), [tmp_path])
+    results = run.results
+    assert run.order[0] == "agent.service" and set(run.order) >= OUR_CHECKS
     table = by_key(results)
     assert len(table) == len(results)
     assert capfd.readouterr() == ("", "")  # nothing printed, not even the extension's print()
@@ -114,23 +130,23 @@ def test_ids_targets_outcomes_and_one_line_reasons(local_hosts, tmp_path, capfd)
     assert "PYTEST_DISABLE_PLUGIN_AUTOLOAD" not in os.environ
 
 
-def test_a_broken_extension_module_is_one_error_and_the_rest_still_runs(local_hosts, tmp_path):
+def test_a_broken_extension_module_is_one_error_and_the_rest_still_runs(tmp_path):
     (tmp_path / "test_broken.py").write_text("import no_such_module_here\n")
     (tmp_path / "test_fine.py").write_text("def test_fine(host):\n    assert True\n")
-    table = by_key(run_checks(ctx_for("c1"), [tmp_path, CHECKS_DIR]))  # ours listed twice: run once
+    table = by_key(run_checks(ctx_for("c1"), [tmp_path, CHECKS_DIR]).results)  # ours listed twice: run once
     broken = table["checks.collect", "test_broken.py"]
     assert broken.outcome == "error" and broken.reason == "ModuleNotFoundError: No module named 'no_such_module_here'"
     assert table["fine.fine", "c1"].outcome == "passed"
     assert sum(1 for (cid, _) in table if cid == "console.serial") == 1
 
 
-def test_checks_that_need_proxmox_fail_when_the_agent_does_not_answer(local_hosts):
+def test_checks_that_need_proxmox_fail_when_the_agent_does_not_answer():
     from nixgold.errors import ProxmoxError
 
     def agent(vmid, command):
         raise ProxmoxError(f"500 QEMU guest agent is not running (vm {vmid})", 500)
 
-    table = by_key(run_checks(ctx_for("c1", agent=agent), []))
+    table = by_key(run_checks(ctx_for("c1", agent=agent), []).results)
     assert table["agent.ping", "c1"].outcome == "failed"
     assert table["agent.ping", "c1"].reason == "agent ping failed: 500 QEMU guest agent is not running (vm 100)"
 
@@ -143,7 +159,8 @@ def test_an_unreachable_clone_fails_fast_with_one_reason(tmp_path):
     clone = CloneTarget(vmid=100, name="gone", node="pve", address="127.0.0.1", ssh_user="nixgold",
                         ssh_key_file=key.private_key_file, disk_bytes=1)
     t0 = time.monotonic()
-    results = run_checks(ctx_for(agent=lambda vmid, cmd: {"id": "x"}, clones=(clone,)), [])
+    results = run_checks(ctx_for(agent=lambda vmid, cmd: {"id": "x"}, clones=(clone,), connection="paramiko"),
+                         []).results
     assert time.monotonic() - t0 < 60
     errors = [r for r in results if r.outcome == "error"]
     assert len(errors) >= 15 and {r.target for r in errors} <= {"gone", "clones"}
@@ -189,3 +206,20 @@ def test_readme_lists_every_check():
     readme = (CHECKS_DIR / "README.md").read_text()
     listed = set(re.findall(r"^\| `([a-z0-9-]+\.[a-z0-9-]+)` \|", readme, re.M))
     assert listed >= OUR_CHECKS
+
+
+def test_runs_per_clone_and_across_merge_into_one_runs_order(tmp_path):
+    """What verify does (each clone's checks as it comes up, then the cross-clone ones) gives the
+    same results, in the same order, as one run over every clone."""
+    from nixgold.verify.verifier import merged_results
+
+    (tmp_path / "test_custom.py").write_text(EXTRA)
+    whole = run_checks(ctx_for("clone-a", "clone-b"), [tmp_path]).results
+    ctx = ctx_for("clone-a", "clone-b")
+    one, two = (run_checks(ctx_for("clone-a", "clone-b", clones=(c,), agent=lambda vmid, cmd: {"id": "debian"}),
+                           [tmp_path], scope="clone") for c in ctx.clones)
+    cross = run_checks(ctx, [tmp_path], scope="cross")
+    assert {r.target for r in one.results} == {"clone-a"} and {r.target for r in cross.results} == {"clones"}
+    merged = merged_results([two, cross, one], ["clone-a", "clone-b"])
+    key = lambda r: (r.id, r.target, r.outcome, r.reason)  # noqa: E731 - durations differ
+    assert [key(r) for r in merged] == [key(r) for r in whole]

@@ -1,7 +1,8 @@
 """Commands exist where they run: every command the rendered guest scripts can run is on PATH there.
 
 * ``install.sh`` runs on the NixOS minimal installer ISO (the live system);
-* ``cleanup.sh`` runs over SSH on the installed system.
+* ``cleanup.sh`` runs over SSH on the installed system;
+* the verify check suite's probes (``nixgold/verify/checks``) run over SSH on a clone of it.
 
 What is on PATH in each place is ``tests/fixtures/nixos-path.json``, read from nixpkgs with the
 source line of every package (see ``tests/fixtures/nixos-path.md``): system-path.nix's required
@@ -19,8 +20,10 @@ newest one), and packages only the newest installation-device.nix adds (rsync, g
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -180,6 +183,41 @@ def test_the_typed_line_uses_only_what_the_live_shell_has() -> None:
     assert found.commands == {"curl", "sudo", "bash"}
     assert set(found.commands) <= set(iso_commands()) | {"sudo"}
     assert "sudo" in iso_commands()  # security.sudo is on by default (sudo.nix); the ISO's user is in wheel
+
+
+def check_suite_script(profile: str = "nixos") -> str:
+    """Every probe the check modules declare, as the one command that gathers them, plus each
+    probe's own command (what its ``/bin/sh -c`` runs), in the extractor's main() shape."""
+    from nixgold.verify.checks import CHECKS_DIR
+    from nixgold.verify.checks.facts import gather_script
+
+    ctx = SimpleNamespace(ciuser="nixgold", profile=profile)
+    probes = []
+    for path in sorted(CHECKS_DIR.glob("test_*.py")):
+        module = importlib.import_module(f"nixgold.verify.checks.{path.stem}")
+        probes += module.probes(ctx)
+    body = gather_script(probes) + "\n".join(p.command for p in probes)
+    return "main() {\n" + body + "\n}\nmain \"$@\" </dev/null\n"
+
+
+def absolute_paths() -> dict[str, str]:
+    return {e["path"]: e["basis"] for e in FIXTURE["installed"]["also_present"]}
+
+
+def test_the_check_suites_commands_exist_on_the_installed_system(nix_env: dict[str, str], tmp_path: Path) -> None:
+    nixcfg, _, _ = rendered({})
+    packages = system_packages(nixcfg, parse_config({}), nix_env, tmp_path)
+    script = check_suite_script()
+    assert {"cloud-init", "sshd", "base64", "/bin/sh", "nixos-version"} <= script_commands(script).commands
+    assert missing(script, {**installed_commands(packages, "uefi"), **absolute_paths()}) == []
+
+
+def test_a_check_suite_command_missing_on_the_installed_system_fails(nix_env: dict[str, str], tmp_path: Path) -> None:
+    """jq is not on the installed system: a probe that needs it is caught."""
+    nixcfg, _, _ = rendered({})
+    packages = system_packages(nixcfg, parse_config({}), nix_env, tmp_path)
+    broken = check_suite_script().replace("ss -Htln", "ss -Htln | jq -R .")
+    assert missing(broken, {**installed_commands(packages, "uefi"), **absolute_paths()}) == ["jq: not on PATH there"]
 
 
 # --- the extractor itself ---------------------------------------------------------------------------

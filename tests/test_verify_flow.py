@@ -158,9 +158,15 @@ class StubChecks:
         mod.BLOCKING_TEMPLATE_CHECKS = frozenset({"template.is-template", "template.agent", "template.cloud-init"})
         mod.template_checks = lambda config, description: list(self.template)
 
-        def run_checks(ctx: Any, extra_dirs: Any = ()) -> list[Result]:
+        from nixgold.verify.checks.runner import AGENT_COMMANDS, AgentAnswers, CheckRun
+
+        mod.AGENT_COMMANDS, mod.AgentAnswers = AGENT_COMMANDS, AgentAnswers
+
+        def run_checks(ctx: Any, extra_dirs: Any = (), *, scope: str = "all", **kw: Any) -> CheckRun:
             self.contexts.append(ctx)
-            return [Result("stub.ok", c.name, "passed", 0.1) for c in ctx.clones]
+            if scope == "cross":
+                return CheckRun([Result("stub.cross", "clones", "passed", 0.1)], ["stub.ok", "stub.cross"])
+            return CheckRun([Result("stub.ok", c.name, "passed", 0.1) for c in ctx.clones], ["stub.ok", "stub.cross"])
 
         mod.run_checks = run_checks
         return mod

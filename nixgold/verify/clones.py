@@ -41,6 +41,7 @@ class CloneRun:
     timings: dict[str, float] = field(default_factory=dict)
     destroyed: bool = False
     kept: bool = False
+    check_run: Any = None  # its own checks' CheckRun (nixgold.verify.checks.runner)
 
     @property
     def vmid(self) -> int:

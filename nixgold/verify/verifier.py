@@ -285,20 +285,45 @@ class Verifier:
                            description=description, vmid=self.allocate_vmid())
             self.clones.append(CloneRun(index=i, job=job))
         label = "full" if full else "linked"
-        with self.progress.stage(f"cloning {template.vmid} -> {', '.join(str(c.vmid) for c in self.clones)} "
-                                 f"({label}{', falls back to full' if mode == 'auto' else ''})"):
-            self.parallel(self._clone, self.clones)
-        with self.progress.stage(f"booting {count} clone{'s' if count > 1 else ''}: waiting for guest agents, "
-                                 f"addresses and SSH"), quiet_paramiko():
-            self.parallel(self._boot, self.clones)
+        ids = ", ".join(str(c.vmid) for c in self.clones)
+        # Each clone goes its own way at once: clone, boot (agent, address, SSH), its checks as soon
+        # as it answers SSH; the checks across clones run when all are in.
+        with self.progress.stage(f"cloning {template.vmid} -> {ids} ({label}"
+                                 f"{', falls back to full' if mode == 'auto' else ''}), booting and checking each "
+                                 f"as soon as it answers SSH"), quiet_paramiko():
+            self.parallel(self._pipeline, self.clones)
         for c in self.clones:
             results.extend(c.boot_results)
-        if not all(c.booted for c in self.clones):
+        booted = [c for c in self.clones if c.booted]
+        runs = [c.check_run for c in booted if c.check_run is not None]
+        if len(booted) < count:
             bad = [c for c in self.clones if not c.booted]
-            self.say(f"not running the check suite: {len(bad)} of {count} clones did not come up "
+            self.say(f"not running the checks across clones: {len(bad)} of {count} clones did not come up "
                      f"({', '.join(str(c.vmid) for c in bad)})")
-            return
-        results.extend(self._checks())
+        else:
+            facts = {name: answers for run in runs for name, answers in run.facts.items()}
+            with self.progress.stage(f"running the checks across the {count} clones (machine-id, host keys)"):
+                runs.append(self._run_checks(booted, scope="cross", facts=facts))
+        results.extend(merged_results(runs, [c.name for c in self.clones]))
+        suite = [r for r in results if not r.id.startswith(("template.", "boot."))]
+        counts = {o: sum(1 for r in suite if r.outcome == o) for o in ("passed", "failed", "error", "skipped")}
+        if suite:
+            self.say(f"{len(suite)} checks: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+
+    def _pipeline(self, c: CloneRun) -> None:
+        """One clone, start to end: clone, boot, then its own checks right away."""
+        self._clone(c)
+        self._boot(c)
+        if c.booted:
+            t0 = time.monotonic()
+            c.check_run = self._run_checks([c], scope="clone")
+            c.timings["checks"] = time.monotonic() - t0
+            gathered = c.check_run.gather_seconds.get(c.name)
+            if gathered is not None:
+                c.timings["checks_facts"] = gathered
+            failed = sum(1 for r in c.check_run.results if r.outcome in ("failed", "error"))
+            self.say(f"{c.vmid} checked in {c.timings['checks']:.1f}s: {len(c.check_run.results)} checks, "
+                     f"{failed} failed")
 
     # -- clone ------------------------------------------------------------------------------------
     def _clone(self, c: CloneRun) -> None:
@@ -433,11 +458,20 @@ class Verifier:
         self.say(f"{c.vmid} SSH up {c.timings['agent_to_ssh']:.1f}s after the agent (key login as {user})")
 
     # -- checks ------------------------------------------------------------------------------------
-    def _checks(self) -> list[Any]:
-        from nixgold.verify.checks import CheckContext, CloneTarget, run_checks
+    def _run_checks(self, clones: Sequence[CloneRun], *, scope: str,
+                    facts: dict[str, list[dict[str, Any]]] | None = None) -> Any:
+        """The check suite (a child process) for ``clones``; the agent answers it needs are asked
+        here first: by the time the injected key logs in (cloud-init's config stage) the init stage
+        has set the hostname (cloud-init.nix: update_hostname in cloud_init_modules)."""
+        from nixgold.verify.checks import AGENT_COMMANDS, AgentAnswers, CheckContext, CloneTarget, run_checks
 
         assert self.template is not None and self.key is not None
         client, node = self.client, self.template.node
+        answers = AgentAnswers()
+        if scope != "cross":
+            for c in clones:
+                for command in AGENT_COMMANDS:
+                    answers.record(c.vmid, command, lambda: client.agent(node, c.vmid, command))
         manifest = self.template.manifest
         ctx = CheckContext(
             profile=self.config.verify.profile,
@@ -448,19 +482,14 @@ class Verifier:
             allowed_keys=tuple(k for u in self.config.users for k in u.ssh_keys),
             clones=tuple(CloneTarget(vmid=c.vmid, name=c.name, node=c.node, address=c.address or "",
                                      ssh_user=self.config.verify.ciuser, ssh_key_file=self.key.private_key_file,
-                                     disk_bytes=c.disk_bytes) for c in self.clones),
-            agent=lambda vmid, command: client.agent(node, vmid, command),
+                                     disk_bytes=c.disk_bytes) for c in clones),
+            agent=answers,
         )
         extra = [Path(self.config.verify.checks_dir)] if self.config.verify.checks_dir else []
-        n = len(self.clones)
-        with self.progress.stage(f"running the {self.config.verify.profile} checks on {n} clone{'s' if n > 1 else ''}"):
-            results = list(run_checks(ctx, extra))
-        self.check_cancel()
-        for c in self.clones:
-            c.timings["checks"] = sum(r.seconds for r in results if r.target == c.name)
-        counts = {o: sum(1 for r in results if r.outcome == o) for o in ("passed", "failed", "error", "skipped")}
-        self.say(f"{len(results)} checks: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-        return results
+        try:
+            return run_checks(ctx, extra, scope=scope, cancelled=lambda: self.cancel.is_set, facts=facts)
+        except KeyboardInterrupt:
+            raise Cancelled(self.cancel.reason or "cancelled") from None
 
     # -- cleanup -----------------------------------------------------------------------------------
     def _cleanup(self) -> list[str]:
@@ -516,3 +545,15 @@ def run_verify(config: Config, creds: Credentials, options: VerifyOptions, *, pr
     """Verify one template end to end (see the module doc); raises with ``.report`` unless all passed."""
     return Verifier(config, creds, options, progress=progress, out=out, client=client, redactor=redactor,
                     cancel=cancel).run()
+
+
+def merged_results(runs: Sequence[Any], clone_names: Sequence[str]) -> list[Any]:
+    """Results of several check runs in the suite's order: by check, then by clone (as one pytest
+    run over every clone would list them)."""
+    order: list[str] = []
+    for run in runs:
+        order += [i for i in run.order if i not in order]
+    position = {name: n for n, name in enumerate(clone_names)}
+    everything = [r for run in runs for r in run.results]
+    return sorted(everything, key=lambda r: (order.index(r.id) if r.id in order else len(order),
+                                             position.get(r.target, -1)))

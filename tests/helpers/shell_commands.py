@@ -22,6 +22,11 @@ KEYWORDS_START = {"if", "then", "else", "elif", "do", "while", "until", "!", "{"
 KEYWORDS_END = {"fi", "done", "esac", "}"}
 #: Words that run their next non-option word as a command.
 WRAPPERS = {"run", "sudo", "command", "exec", "env", "nohup", "timeout", "xargs"}
+#: Options of a wrapper that take the next word as their value (``timeout -k 5 60 cmd``, ``sudo -u user cmd``).
+WRAPPER_OPTIONS_WITH_VALUE = {"timeout": ("-k", "-s"), "sudo": ("-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U"),
+                              "env": ("-u", "-C", "-S"), "xargs": ("-I", "-n", "-P", "-d", "-L", "-s", "-E")}
+#: timeout's DURATION: a number with an optional unit.
+_DURATION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[smhd]?$")
 SEPARATORS = {"\n", ";", "&&", "||", "|", "|&", "&", "(", ")"}
 _ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[[^]]*\])?\+?=")
 _REDIR_RE = re.compile(r"(\d*)(<<<|<<-|<<|<>|>>|>&|<&|>\||&>>|&>|<|>)(&?-|\d+)?")
@@ -284,7 +289,8 @@ def _commands_of(text: str, found: ScriptCommands) -> None:
     tokens = _Tokenizer(text, found).run()
     expect = True  # the next word is in command position
     mode = ""  # "" | "for" (skip to separator) | "case-word" | "case-in" | "pattern"
-    wrapper_next = False
+    wrapper_next = ""  # the wrapper whose command comes next ("" = none)
+    skip_next = False  # the word after a wrapper's option is the option's value
     i = 0
     while i < len(tokens):
         tok = tokens[i]
@@ -304,7 +310,7 @@ def _commands_of(text: str, found: ScriptCommands) -> None:
                 if mode == "for" and tok.text in (";", "\n"):
                     mode = ""
                 expect = True
-            wrapper_next = False
+            wrapper_next, skip_next = "", False
             continue
         if tok.kind == "redir":
             continue
@@ -320,10 +326,17 @@ def _commands_of(text: str, found: ScriptCommands) -> None:
             continue
         word = tok.text
         if wrapper_next:
-            if word.startswith("-") or _ASSIGNMENT_RE.match(word):
+            if skip_next:
+                skip_next = False
                 continue
-            wrapper_next = False
+            if word.startswith("-") or _ASSIGNMENT_RE.match(word):
+                skip_next = word in WRAPPER_OPTIONS_WITH_VALUE.get(wrapper_next, ())
+                continue
+            if wrapper_next == "timeout" and _DURATION_RE.match(word):
+                wrapper_next = "timeout-duration-seen"
+                continue
             _record(word, found)
+            wrapper_next = _unquote(word) if _unquote(word) in WRAPPERS else ""
             continue
         if not expect:
             continue
@@ -347,4 +360,4 @@ def _commands_of(text: str, found: ScriptCommands) -> None:
                 _commands_of(action[1:-1], found)
         _record(word, found)
         if _unquote(word) in WRAPPERS:
-            wrapper_next = True
+            wrapper_next = _unquote(word)

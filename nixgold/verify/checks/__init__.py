@@ -2,7 +2,8 @@
 
 * :func:`template_checks` -- pure pre-checks over the template's Proxmox config;
 * :func:`run_checks` -- the guest checks (``test_*.py`` here, plain pytest + testinfra functions
-  taking ``host``) run in-process over SSH against booted clones.
+  taking ``host``) run over SSH against booted clones, in a child process per run (one per clone
+  as it comes up, one across the clones).
 
 The guest checks also run without nixgold (see README.md)::
 
@@ -12,11 +13,14 @@ The guest checks also run without nixgold (see README.md)::
 from __future__ import annotations
 
 from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
-from nixgold.verify.checks.runner import CHECKS_DIR, CheckSuiteError, run_checks
+from nixgold.verify.checks.runner import AGENT_COMMANDS, CHECKS_DIR, AgentAnswers, CheckRun, CheckSuiteError, run_checks
 from nixgold.verify.checks.template import BLOCKING_TEMPLATE_CHECKS, TEMPLATE_CHECKS, template_checks
 
 __all__ = [
+    "AGENT_COMMANDS",
+    "AgentAnswers",
     "BLOCKING_TEMPLATE_CHECKS",
+    "CheckRun",
     "CHECKS_DIR",
     "TEMPLATE_CHECKS",
     "CheckContext",

@@ -5,31 +5,30 @@
     def test_something(host):
         result = sudo(host, "cat /etc/shadow")
         assert result.rc == 0, f"cannot read /etc/shadow: {first_line(result.stderr)}"
+
+Commands a module declares in its ``probes(ctx)`` are answered from the facts gathered in one SSH
+command per clone (:mod:`nixgold.verify.checks.facts`); any other command runs over SSH.
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import re
 import shlex
 from typing import Any
 
-#: Prepended to PATH for every command: NixOS keeps its tools under /run/current-system/sw/bin and
-#: sudo under /run/wrappers/bin; Debian keeps sshd in /usr/sbin.
-EXTRA_PATH = "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_TIMEOUT = 60
+from nixgold.verify.checks.facts import DEFAULT_TIMEOUT, Probe, run_probe
 
 _KEY_RE = re.compile(r"(?:^|\s)((?:ssh-|ecdsa-|sk-)[\w@.-]+)\s+([A-Za-z0-9+/]+={0,2})(?:\s+(.*))?$")
 
 
 def run(host: Any, command: str, *, timeout: int = DEFAULT_TIMEOUT, as_root: bool = False) -> Any:
     """Run ``command`` with /bin/sh on the guest, bounded by ``timeout`` seconds (guest-side
-    ``timeout``), as root through ``sudo -n`` when ``as_root``. Returns testinfra's CommandResult."""
-    inner = f"export PATH={EXTRA_PATH}:\"$PATH\"; {command}"
-    prefix = "sudo -n " if as_root else ""
-    return host.run(f"export PATH={EXTRA_PATH}:\"$PATH\"; timeout -k 5 {int(timeout)} "
-                    f"{prefix}/bin/sh -c {shlex.quote(inner)}")
+    ``timeout``), as root through ``sudo -n`` when ``as_root``. Returns testinfra's CommandResult
+    (the gathered answer when a module declared this probe)."""
+    return run_probe(host, Probe(command, as_root, timeout))
 
 
 def sudo(host: Any, command: str, *, timeout: int = DEFAULT_TIMEOUT) -> Any:
@@ -81,21 +80,20 @@ def describe_key(key_type: str, blob: str, comment: str = "") -> str:
     return f"{key_type} {fingerprint(blob)}" + (f" ({comment})" if comment else "")
 
 
-def ssh_connection(host: Any) -> tuple[str, str]:
-    """(client address, server address) of this SSH session, for ``sshd -T -C``."""
-    parts = host.run("echo $SSH_CONNECTION").stdout.split()
-    if len(parts) >= 4:
-        return parts[0], parts[2]
-    return "127.0.0.1", "127.0.0.1"
+def sshd_dump(user: str) -> str:
+    """``sshd -T`` for a connection like ours by ``user`` (Match blocks applied): the client and
+    server addresses come from this session's ``$SSH_CONNECTION`` (127.0.0.1 without one), which
+    sudo does not pass on (env_reset), so it is read before. ``env PATH=...``: sudo looks the
+    command up in secure_path when the sudoers set one (Debian), in our PATH when not (NixOS)."""
+    return ("set -- $SSH_CONNECTION; c=${1:-127.0.0.1}; s=${3:-127.0.0.1}; "
+            f"sudo -n env PATH=\"$PATH\" sshd -T -C user={shlex.quote(user)},host=$c,addr=$c,laddr=$s,lport=22")
 
 
 def sshd_settings(host: Any, user: str) -> dict[str, str]:
-    """``sshd -T`` for a connection like ours by ``user`` (Match blocks applied), keys lower case.
+    """:func:`sshd_dump` parsed, keys lower case (a repeated key's values joined with spaces).
 
     Raises AssertionError when sshd cannot dump its configuration."""
-    client, server = ssh_connection(host)
-    spec = f"user={user},host={client},addr={client},laddr={server},lport=22"
-    result = sudo(host, f"sshd -T -C {shlex.quote(spec)}")
+    result = run(host, sshd_dump(user))
     assert result.rc == 0, f"`sshd -T` failed ({failure(result)})"
     settings: dict[str, str] = {}
     for line in result.stdout.splitlines():
@@ -105,11 +103,19 @@ def sshd_settings(host: Any, user: str) -> dict[str, str]:
     return settings
 
 
+def unit_show(name: str) -> str:
+    return f"systemctl show -p Id -p LoadState -p ActiveState -p SubState -p UnitFileState {shlex.quote(name)}"
+
+
+def unit_probes(*names: str) -> list[Probe]:
+    """The probes :func:`systemd_unit` runs for ``names``."""
+    return [Probe(unit_show(name)) for name in names]
+
+
 def systemd_unit(host: Any, *names: str) -> dict[str, str]:
     """``systemctl show`` of the first of ``names`` that is loaded (Id, states); {} if none is."""
     for name in names:
-        result = host.run(f"systemctl show -p Id -p LoadState -p ActiveState -p SubState -p UnitFileState "
-                          f"{shlex.quote(name)}")
+        result = run(host, unit_show(name))
         props = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         if result.rc == 0 and props.get("LoadState") == "loaded":
             return props
@@ -131,3 +137,36 @@ def unit_problem(props: dict[str, str], name: str) -> str | None:
     if props.get("ActiveState") != "active":
         return f"{unit} is {props.get('ActiveState')} ({props.get('SubState')}), not running"
     return None
+
+
+#: Where authorized keys live on the images nixgold makes and checks: root's and every home's
+#: ~/.ssh/authorized_keys*, and NixOS' per-user files (nixpkgs nixos/modules/services/networking/ssh/sshd.nix:
+#: ``AuthorizedKeysFile`` ``%h/.ssh/authorized_keys /etc/ssh/authorized_keys.d/%u``).
+KEY_FILES = ("/root/.ssh/authorized_keys*", "/home/*/.ssh/authorized_keys*", "/etc/ssh/authorized_keys.d/*")
+#: Every regular file matching :data:`KEY_FILES` with its content, as root (one ``==> path`` line before each).
+KEY_FILES_DUMP = ("for f in " + " ".join(KEY_FILES) + "; do [ -f \"$f\" ] || continue; "
+                  "printf '==> %s\\n' \"$f\"; cat \"$f\"; echo; done")
+
+
+def key_files(host: Any) -> dict[str, list[str]]:
+    """Every authorized_keys file of :data:`KEY_FILES` on the guest -> its lines (read as root)."""
+    result = sudo(host, KEY_FILES_DUMP)
+    assert result.rc == 0, f"cannot read the authorized_keys files ({failure(result)})"
+    files: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in result.stdout.splitlines():
+        if line.startswith("==> "):
+            current = files.setdefault(line[4:], [])
+        elif current is not None:
+            current.append(line)
+    return files
+
+
+def glob_covers(pattern: str, path: str) -> bool:
+    """Whether the shell glob ``pattern`` matches ``path`` (``*`` stays inside one path segment and
+    does not match a leading dot)."""
+    wanted, parts = pattern.split("/"), path.split("/")
+    if len(wanted) != len(parts):
+        return False
+    return all(fnmatch.fnmatchcase(part, glob) and (not part.startswith(".") or glob.startswith("."))
+               for glob, part in zip(wanted, parts))

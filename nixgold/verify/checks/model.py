@@ -49,3 +49,6 @@ class CheckContext:
     #: ``agent(vmid, "ping" | "get-osinfo" | "get-host-name")`` -> the guest agent's result; raises
     #: ProxmoxError. Standalone runs get one that skips the calling check.
     agent: Callable[[int, str], Any]
+    #: How the checks reach the clones: "paramiko" (SSH with ``ssh_key_file``), or "local" (this
+    #: machine, testinfra's local backend: the suite's own tests).
+    connection: str = "paramiko"

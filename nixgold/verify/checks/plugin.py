@@ -4,8 +4,10 @@ Two modes share the check modules:
 
 * :class:`NixgoldMode` (``invoke verify`` -> :func:`nixgold.verify.checks.run_checks`): the ``clone``
   parameter comes from the :class:`~nixgold.verify.checks.model.CheckContext`, ``host`` is a testinfra
-  paramiko host per clone (host keys not checked: the clones are throwaway), and every test
-  becomes a :class:`~nixgold.verify.checks.model.CheckResult`.
+  paramiko host per clone (host keys not checked: the clones are throwaway; one connection per
+  clone, reused by every check), the selected modules' ``probes(ctx)`` are gathered in one command
+  per clone before its first check (:mod:`nixgold.verify.checks.facts`), and every test becomes a
+  :class:`~nixgold.verify.checks.model.CheckResult`.
 * :class:`StandaloneMode` (``pytest --hosts=ssh://user@ip nixgold/verify/checks/``, registered by
   ``conftest.py``): ``host`` is testinfra's own fixture; ``clone`` and ``ctx`` are built from the
   command line, and checks that need Proxmox or the nixgold context skip with a reason.
@@ -14,15 +16,20 @@ Two modes share the check modules:
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import pytest
 
 from nixgold.text import one_line as text_one_line
+from nixgold.verify.checks.facts import STORE, Probe, unique
 from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
+
+log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "nixgold-checks"
 MARKER_HELP = ("check(id, summary): a nixgold verification check with a stable id "
@@ -121,10 +128,16 @@ class _Base:
 class NixgoldMode(_Base):
     """Runs the suite for ``invoke verify``; :attr:`results` holds one CheckResult per test."""
 
-    def __init__(self, ctx: CheckContext, connect_timeout: int = 30):
+    def __init__(self, ctx: CheckContext, connect_timeout: int = 30, scope: str = "all",
+                 facts: dict[str, list[dict[str, Any]]] | None = None):
         self.context = ctx
         self.connect_timeout = connect_timeout
+        self.scope = scope  # "clone": per-clone checks only, "cross": checks across clones, "all"
         self.results: list[CheckResult] = []
+        self.order: list[str] = []  # every check id of the suite, in suite order (before the scope)
+        self.probes: list[Probe] = []  # what the selected check modules declared, in their order
+        self.facts_in = facts or {}  # clone name -> answers gathered by an earlier run (FactStore.export)
+        self.gather_seconds: dict[str, float] = {}
         self._pending: dict[str, dict[str, Any]] = {}
         self._hosts: dict[str, Any] = {}
         self._unreachable: dict[str, str] = {}  # clone name -> why the first connection failed
@@ -136,6 +149,10 @@ class NixgoldMode(_Base):
 
     # -- connections ------------------------------------------------------------------------------
     def host_for(self, clone: CloneTarget) -> Any:
+        if clone.name not in self._hosts and self.context.connection == "local":
+            import testinfra
+
+            self._hosts[clone.name] = testinfra.get_host("local://")
         if clone.name not in self._hosts:
             from testinfra.backend import get_backend
             from testinfra.host import Host
@@ -144,7 +161,17 @@ class NixgoldMode(_Base):
             backend = get_backend(f"paramiko://{clone.ssh_user}@{address}", ssh_config=str(self._ssh_config),
                                   ssh_identity_file=str(clone.ssh_key_file), timeout=self.connect_timeout)
             self._hosts[clone.name] = Host(backend)
+            if self.facts_in.get(clone.name):
+                STORE.load(self._hosts[clone.name], self.facts_in[clone.name])
         return self._hosts[clone.name]
+
+    def facts_out(self) -> dict[str, list[dict[str, Any]]]:
+        """The user-level answers gathered per clone, for a later run (the cross-clone checks)."""
+        return {name: STORE.export(host) for name, host in self._hosts.items()}
+
+    def one_by_one(self) -> dict[str, list[str]]:
+        """Per clone, the commands the checks ran outside the gathered facts."""
+        return {name: STORE.one_by_one(host) for name, host in self._hosts.items()}
 
     def close(self) -> None:
         for host in self._hosts.values():
@@ -164,6 +191,8 @@ class NixgoldMode(_Base):
         if clone.name in self._unreachable:
             raise ConnectionError(self._unreachable[clone.name])
         host = self.host_for(clone)
+        if clone.name in self.facts_in:
+            return host  # answered from an earlier run's facts; connects on its first other command
         try:
             if hasattr(type(host.backend), "client"):
                 host.backend.client  # noqa: B018 - testinfra's paramiko backend connects on first use
@@ -181,6 +210,47 @@ class NixgoldMode(_Base):
         if not self.context.clones:
             pytest.skip("no clones")
         return tuple(CloneHost(c, self.connected(c)) for c in self.context.clones)
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Keep the scope's checks; remember the suite's order of check ids for merging runs."""
+        for item in items:
+            check_id = check_meta(item)[0]
+            if check_id not in self.order:
+                self.order.append(check_id)
+        if self.scope != "all":
+            keep = [i for i in items if ("clones" in getattr(i, "fixturenames", ())) == (self.scope == "cross")]
+            deselected = [i for i in items if i not in keep]
+            if deselected:
+                config.hook.pytest_deselected(items=deselected)
+            items[:] = keep
+        self.probes = module_probes(items, self.context)
+
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Before the first check: connect to each clone and gather its facts in one command (the
+        clones at the same time)."""
+        if session.config.option.collectonly or not self.probes:
+            return
+        todo = [c for c in self.context.clones if c.name not in self.facts_in]
+        if len(todo) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(todo)) as pool:
+                list(pool.map(self._gather, todo))
+        elif todo:
+            self._gather(todo[0])
+
+    def _gather(self, clone: CloneTarget) -> None:
+        t0 = time.monotonic()
+        try:
+            host = self.connected(clone)
+            answered = STORE.gather(host, self.probes)
+        except ConnectionError:
+            return  # every check of this clone fails with the reason
+        except Exception as exc:  # the checks then run their commands one by one
+            log.warning("gathering facts on %s failed (%s): the checks ask one by one", clone.name, describe(exc))
+            return
+        self.gather_seconds[clone.name] = time.monotonic() - t0
+        log.debug("%s: %d of %d facts in %.1fs", clone.name, answered, len(self.probes), self.gather_seconds[clone.name])
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
         if "clone" in metafunc.fixturenames:
@@ -269,6 +339,25 @@ class StandaloneMode(_Base):
     @pytest.fixture
     def clones(self) -> tuple[CloneHost, ...]:
         return self._clone_hosts()
+
+
+def module_probes(items: list[pytest.Item], ctx: CheckContext) -> list[Probe]:
+    """What the modules of ``items`` declare in ``probes(ctx)``, in module order, without repeats."""
+    probes: list[Probe] = []
+    seen: set[int] = set()
+    for item in items:
+        module = getattr(item, "module", None)
+        declare = getattr(module, "probes", None)
+        if module is None or id(module) in seen or not callable(declare):
+            continue
+        seen.add(id(module))
+        try:
+            declared = list(declare(ctx))
+        except Exception as exc:  # its checks then ask one by one
+            log.warning("%s.probes() failed: %s", module.__name__, describe(exc))
+            continue
+        probes.extend(p for p in declared if isinstance(p, Probe))
+    return unique(probes)
 
 
 def standalone_target(host: Any) -> CloneTarget:

@@ -5,21 +5,30 @@ from __future__ import annotations
 import pytest
 
 from nixgold.errors import ProxmoxError
-from nixgold.verify.checks.helpers import systemd_unit, unit_problem
+from nixgold.verify.checks.facts import Probe
+from nixgold.verify.checks.helpers import run, systemd_unit, unit_probes, unit_problem
 
 VIRTIO_PORT = "/dev/virtio-ports/org.qemu.guest_agent.0"
+HAS_VIRTIO_PORT = f"test -e {VIRTIO_PORT}"
+#: nixpkgs nixos/modules/virtualisation/qemu-guest-agent.nix: systemd.services.qemu-guest-agent;
+#: Debian's package names it qemu-guest-agent.service too, some distributions qemu-ga.service.
+AGENT_UNITS = ("qemu-guest-agent.service", "qemu-ga.service")
+
+
+def probes(ctx):
+    return [*unit_probes(*AGENT_UNITS), Probe(HAS_VIRTIO_PORT)]
 
 
 @pytest.mark.check("agent.service", "qemu-guest-agent is enabled and running")
 def test_agent_enabled_and_running(host):
-    props = systemd_unit(host, "qemu-guest-agent.service", "qemu-ga.service")
+    props = systemd_unit(host, *AGENT_UNITS)
     problem = unit_problem(props, "qemu-guest-agent.service")
     assert problem is None, problem
 
 
 @pytest.mark.check("agent.virtio-port", "the guest agent's virtio serial port is present")
 def test_agent_virtio_port(host):
-    assert host.file(VIRTIO_PORT).exists, \
+    assert run(host, HAS_VIRTIO_PORT).rc == 0, \
         f"{VIRTIO_PORT} is missing: the VM has no agent channel (agent: 1) or virtio_console is not loaded"
 
 

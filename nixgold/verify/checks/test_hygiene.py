@@ -7,17 +7,25 @@ from collections import defaultdict
 
 import pytest
 
-from nixgold.verify.checks.helpers import describe_key, failure, fingerprint, parse_key, run, sudo
+from nixgold.verify.checks.facts import Probe
+from nixgold.verify.checks.helpers import KEY_FILES_DUMP, describe_key, failure, fingerprint, key_files, parse_key, \
+    run, sudo
 
 MACHINE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-KEY_FILES = ("/root/.ssh/authorized_keys*", "/home/*/.ssh/authorized_keys*", "/etc/ssh/authorized_keys.d/*")
+MACHINE_ID = "cat /etc/machine-id"
+HOST_KEYS = "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null"
+ROOT_SHADOW = "getent shadow root"
+
+
+def probes(ctx):
+    return [Probe(MACHINE_ID), Probe(HOST_KEYS), Probe(KEY_FILES_DUMP, as_root=True), Probe(ROOT_SHADOW, as_root=True)]
 
 
 @pytest.mark.check("hygiene.machine-id", "every clone has its own machine-id")
 def test_machine_ids_are_set_and_unique(clones):
     owners: dict[str, list[str]] = defaultdict(list)
     for c in clones:
-        value = run(c.host, "cat /etc/machine-id").stdout.strip()
+        value = run(c.host, MACHINE_ID).stdout.strip()
         assert MACHINE_ID_RE.match(value) and value != "0" * 32, \
             f"{c.name}: /etc/machine-id is {value!r}, not a 32-hex-digit id"
         owners[value].append(c.name)
@@ -30,7 +38,7 @@ def test_machine_ids_are_set_and_unique(clones):
 def test_host_keys_are_unique(clones):
     owners: dict[tuple[str, str], list[str]] = defaultdict(list)
     for c in clones:
-        text = run(c.host, "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null").stdout
+        text = run(c.host, HOST_KEYS).stdout
         keys = {k[:2] for k in map(parse_key, text.splitlines()) if k}
         assert keys, f"{c.name}: no SSH host keys in /etc/ssh/ssh_host_*_key.pub"
         for key in keys:
@@ -38,22 +46,6 @@ def test_host_keys_are_unique(clones):
     shared = {key: names for key, names in owners.items() if len(names) > 1}
     assert not shared, "; ".join(f"{', '.join(names)} share the {t} host key {fingerprint(b)} (baked into the image)"
                                  for (t, b), names in shared.items())
-
-
-def key_files(host) -> dict[str, list[str]]:
-    """Every authorized_keys file on the guest -> its lines (as root)."""
-    script = ("for f in " + " ".join(KEY_FILES) + "; do [ -f \"$f\" ] || continue; "
-              "printf '==> %s\\n' \"$f\"; cat \"$f\"; echo; done")
-    result = sudo(host, script)
-    assert result.rc == 0, f"cannot read the authorized_keys files ({failure(result)})"
-    files: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in result.stdout.splitlines():
-        if line.startswith("==> "):
-            current = files.setdefault(line[4:], [])
-        elif current is not None:
-            current.append(line)
-    return files
 
 
 @pytest.mark.check("hygiene.build-key", "no build key is left: every authorized key is the injected one or configured")
@@ -76,7 +68,7 @@ def test_no_unexpected_authorized_keys(host, ctx):
 
 @pytest.mark.check("hygiene.root-password", "root's password is locked")
 def test_root_password_locked(host):
-    shadow = sudo(host, "getent shadow root")
+    shadow = sudo(host, ROOT_SHADOW)
     assert shadow.rc == 0 and shadow.stdout.count(":") >= 2, f"cannot read root's shadow entry ({failure(shadow)})"
     hashed = shadow.stdout.split(":")[1]
     if hashed.startswith(("!", "*")):

@@ -6,7 +6,20 @@ import re
 
 import pytest
 
+from nixgold.verify.checks.facts import Probe
 from nixgold.verify.checks.helpers import failure, first_line, run, sudo
+
+MARKER = "test -e /etc/NIXOS"
+VERSION = "nixos-version"
+CONFIGURATION = "test -f /etc/nixos/configuration.nix"
+EVALUATE = "nix-instantiate --eval -E '1 + 1'"
+EVALUATE_TIMEOUT = 120
+
+
+def probes(ctx):
+    if ctx.profile != "nixos":
+        return []
+    return [Probe(MARKER), Probe(VERSION), Probe(CONFIGURATION), Probe(EVALUATE, timeout=EVALUATE_TIMEOUT)]
 
 
 @pytest.fixture(autouse=True)
@@ -17,12 +30,12 @@ def _nixos_profile_only(ctx):
 
 @pytest.mark.check("nixos.marker", "the clone runs NixOS (/etc/NIXOS exists)")
 def test_etc_nixos_marker(host):
-    assert host.file("/etc/NIXOS").exists, "/etc/NIXOS is missing: this is not a NixOS system"
+    assert run(host, MARKER).rc == 0, "/etc/NIXOS is missing: this is not a NixOS system"
 
 
 @pytest.mark.check("nixos.release", "nixos-version is the release in the build manifest")
 def test_nixos_release(host, ctx):
-    result = run(host, "nixos-version")
+    result = run(host, VERSION)
     assert result.rc == 0, f"nixos-version failed ({failure(result)})"
     version = first_line(result.stdout)
     if ctx.nixos_release:
@@ -34,14 +47,13 @@ def test_nixos_release(host, ctx):
 
 @pytest.mark.check("nixos.configuration", "/etc/nixos/configuration.nix is present")
 def test_configuration_nix_present(host):
-    assert host.file("/etc/nixos/configuration.nix").is_file, \
+    assert run(host, CONFIGURATION).rc == 0, \
         "/etc/nixos/configuration.nix is missing: nixos-rebuild on the clone has nothing to build"
 
 
 @pytest.mark.check("nixos.nix", "nix works (nix-instantiate evaluates 1 + 1)")
 def test_nix_evaluates(host):
-    command = "nix-instantiate --eval -E '1 + 1'"
-    result = run(host, command, timeout=120)
+    result = run(host, EVALUATE, timeout=EVALUATE_TIMEOUT)
     if result.stdout.strip() != "2":  # a store without a daemon is root's only
-        result = sudo(host, command, timeout=120)
-    assert result.stdout.strip() == "2", f"`{command}` did not print 2 ({failure(result)})"
+        result = sudo(host, EVALUATE, timeout=EVALUATE_TIMEOUT)
+    assert result.stdout.strip() == "2", f"`{EVALUATE}` did not print 2 ({failure(result)})"

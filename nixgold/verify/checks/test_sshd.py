@@ -8,20 +8,43 @@ from typing import Any
 
 import pytest
 
-from nixgold.verify.checks.helpers import sshd_settings, systemd_unit, unit_problem
+from nixgold.verify.checks.facts import Probe
+from nixgold.verify.checks.helpers import failure, run, sshd_dump, sshd_settings, systemd_unit, unit_probes, \
+    unit_problem
 
 PASSWORD_METHODS = ("password", "keyboard-interactive")
+#: nixpkgs sshd.nix: systemd.services.sshd (and sshd.socket with startWhenNeeded); Debian: ssh.service.
+SERVICE_UNITS = ("sshd.service", "ssh.service")
+SOCKET_UNITS = ("sshd.socket", "ssh.socket")
+#: Listening TCP sockets, numeric, no header (iproute2's ss).
+LISTENING = "ss -Htln"
+
+
+def probes(ctx):
+    return [*unit_probes(*SERVICE_UNITS), *unit_probes(*SOCKET_UNITS), Probe(LISTENING),
+            Probe(sshd_dump(ctx.ciuser)), Probe(sshd_dump("root"))]
+
+
+def listens_on(ss_output: str, port: int) -> bool:
+    """Whether ``ss -Htln`` lists a socket on ``port`` (any address: ``0.0.0.0:22``, ``[::]:22``, ``*:22``)."""
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1] == str(port):
+            return True
+    return False
 
 
 @pytest.mark.check("sshd.service", "sshd is enabled, running and listening on port 22")
 def test_sshd_enabled_running_listening(host):
-    props = systemd_unit(host, "sshd.service", "ssh.service")
-    socket_props = systemd_unit(host, "sshd.socket", "ssh.socket")
+    props = systemd_unit(host, *SERVICE_UNITS)
+    socket_props = systemd_unit(host, *SOCKET_UNITS)
     service_problem = unit_problem(props, "sshd.service")
     if service_problem and socket_props and not unit_problem(socket_props, "sshd.socket"):
         service_problem = None  # socket-activated sshd (services.openssh.startWhenNeeded)
     assert service_problem is None, service_problem
-    assert host.socket("tcp://22").is_listening, "nothing listens on TCP port 22"
+    listening = run(host, LISTENING)
+    assert listening.rc == 0, f"cannot list the listening sockets ({failure(listening)})"
+    assert listens_on(listening.stdout, 22), "nothing listens on TCP port 22"
 
 
 def offered_methods(address: str, port: int, user: str, timeout: float = 15.0) -> list[str] | None:

@@ -70,8 +70,10 @@ class SimAdmin:
     def take_vmid_on_clone(self, nth: int = 1, path: str = "/nodes/*/qemu/*/clone") -> dict[str, Any]:
         return self.add_fault("take_vmid", path, method="POST", nth=nth)
 
-    def slow_agent(self, seconds: float, vmid: int | None = None) -> None:
-        self._call("POST", "/_sim/agent-delay", {"vmid": vmid, "seconds": seconds})
+    def slow_agent(self, seconds: float, vmid: int | None = None, name: str | None = None) -> None:
+        """The agent of ``vmid`` (or of the VMs named like the glob ``name``, or of all) does not
+        answer for ``seconds`` after its VM started; 0 lifts that at once."""
+        self._call("POST", "/_sim/agent-delay", {"vmid": vmid, "seconds": seconds, "name": name})
 
     def clear_faults(self) -> None:
         self._call("DELETE", "/_sim/faults")

@@ -7,7 +7,7 @@ of the config).  ``GET /_sim/health`` needs no auth (readiness probe).
     GET    /_sim/state                    VMs, QEMU pids, TAPs, running tasks
     GET    /_sim/faults                   POST (add one)   DELETE (clear all)
     DELETE /_sim/faults/<id>
-    POST   /_sim/agent-delay              {"vmid": 100 | null, "seconds": 30}
+    POST   /_sim/agent-delay              {"vmid": 100 | null, "seconds": 30, "name": "glob" (optional)}
     POST   /_sim/vms                      {"vmid": 123}  another client takes this id
     GET    /_sim/requests?since=<seq>     request log (method, path, status, user, error)
     GET    /_sim/unimplemented            501s seen (method, path, exists in PVE 9.1)
@@ -86,7 +86,7 @@ def handle_control(server: "ApiServer", method: str, path: str, query: str, head
             ok = node.faults.remove(int(path.rsplit("/", 1)[1]))
             return (200, {"data": None}) if ok else (404, {"error": "no such fault"})
         if path == "/_sim/agent-delay" and method == "POST":
-            node.faults.set_agent_delay(body.get("vmid"), float(body["seconds"]))
+            node.faults.set_agent_delay(body.get("vmid"), float(body["seconds"]), body.get("name"))
             return 200, {"data": node.faults.snapshot()["agent_delay"]}
         if path == "/_sim/vms" and method == "POST":
             vmid = int(body["vmid"])

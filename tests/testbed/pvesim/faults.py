@@ -19,7 +19,8 @@ a regex).  It fires on matching call number ``nth`` (1-based) and the
 
 Guest-agent start-up delay is separate (:meth:`FaultInjector.set_agent_delay`):
 agent calls answer ``QEMU guest agent is not running`` for the first
-``seconds`` after the VM started.
+``seconds`` after the VM started (for one vmid, the VMs whose name matches a
+glob, or all; 0 lifts it at once).
 """
 from __future__ import annotations
 
@@ -119,13 +120,19 @@ class FaultInjector:
                     log.info("fault %s fires on %s %s (call %s)", fault.id, method, path, fault.calls)
         return fired
 
-    def set_agent_delay(self, vmid: int | None, seconds: float) -> None:
+    def set_agent_delay(self, vmid: int | None, seconds: float, name: str | None = None) -> None:
+        key = f"name:{name}" if name else "*" if vmid is None else str(vmid)
         with self._lock:
-            self.agent_delay["*" if vmid is None else str(vmid)] = float(seconds)
+            self.agent_delay[key] = float(seconds)
 
-    def agent_delay_for(self, vmid: int) -> float:
+    def agent_delay_for(self, vmid: int, name: str = "") -> float:
         with self._lock:
-            return self.agent_delay.get(str(vmid), self.agent_delay.get("*", 0.0))
+            if str(vmid) in self.agent_delay:
+                return self.agent_delay[str(vmid)]
+            for key, seconds in self.agent_delay.items():
+                if key.startswith("name:") and name and fnmatch.fnmatchcase(name, key[5:]):
+                    return seconds
+            return self.agent_delay.get("*", 0.0)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

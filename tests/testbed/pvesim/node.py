@@ -957,7 +957,8 @@ class Node:
     def _qga_check_running(self, task: Task | None, vmid: int, inst: QemuInstance) -> bool:
         """Agent.pm:82-89 qga_check_running: guest-ping, 3 s.  Without ``nowarn`` (task given)
         PVE ``warn``s, which pvedaemon's __WARN__ handler prints as a plain task log line."""
-        delay = self.faults.agent_delay_for(vmid)
+        conf = self.try_load(vmid)
+        delay = self.faults.agent_delay_for(vmid, str(conf.values.get("name", "")) if conf else "")
         try:
             if (delay and inst.uptime() < delay) or not inst.agent:
                 raise QgaTimeout("got timeout")

@@ -1,0 +1,165 @@
+"""Guest facts gathered in one SSH command per clone, then served to the checks' ``run()`` calls.
+
+A check module says which commands its checks run, next to the checks::
+
+    CMDLINE = "cat /proc/cmdline"
+
+    def probes(ctx):
+        return [Probe(CMDLINE)]
+
+    def test_serial_console(host):
+        cmdline = run(host, CMDLINE).stdout.split()
+
+Before the first check on a clone, the plugin sends every probe of the selected check modules as
+one shell script (:func:`gather_script`): each probe runs exactly the command line ``run()`` would
+send (:func:`command_line`: PATH, guest-side ``timeout``, ``sudo -n`` for root), in the modules'
+order (the same order the checks ran in one by one: the cloud-init wait comes before the hostname,
+user and key checks), its exit status, stdout and stderr captured apart. ``run()`` then answers
+from that store, so a check's result and failure message are what its own command would have
+given; a command nobody declared, or one whose answer did not come back (no ``base64`` on the
+guest, a cut connection), runs over SSH as before. Nothing here waits on the guest for more than
+the probes' own timeouts.
+
+Only what the probes print travels back; root's probes' answers stay in the process that asked
+(:meth:`FactStore.export` leaves them out).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import shlex
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+#: Prepended to PATH for every command: NixOS keeps its tools under /run/current-system/sw/bin and
+#: sudo under /run/wrappers/bin (nixpkgs nixos/modules/security/wrappers/default.nix:
+#: ``security.wrapperDir = "/run/wrappers/bin"``); Debian keeps sshd in /usr/sbin.
+EXTRA_PATH = "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_TIMEOUT = 60
+#: Marks one probe's answer in the gathered output: ``NGFACT <index> <exit> <stdout b64> <stderr b64>``.
+TAG = "NGFACT"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One guest command as a check runs it: the command, as root or not, its guest-side timeout."""
+
+    command: str
+    as_root: bool = False
+    timeout: int = DEFAULT_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Answer:
+    rc: int
+    stdout: bytes
+    stderr: bytes
+
+
+def command_line(probe: Probe) -> str:
+    """The one shell line that runs ``probe`` on the guest (/bin/sh, bounded by ``timeout``)."""
+    inner = f"export PATH={EXTRA_PATH}:\"$PATH\"; {probe.command}"
+    prefix = "sudo -n " if probe.as_root else ""
+    return (f"export PATH={EXTRA_PATH}:\"$PATH\"; timeout -k 5 {int(probe.timeout)} "
+            f"{prefix}/bin/sh -c {shlex.quote(inner)}")
+
+
+def unique(probes: Iterable[Probe]) -> list[Probe]:
+    """``probes`` without repeats, first occurrence kept (the order is the order they run in)."""
+    return list(dict.fromkeys(probes))
+
+
+def gather_script(probes: Sequence[Probe]) -> str:
+    """One shell script running every probe in order, each in its own subshell with stdin from
+    /dev/null, and printing one ``NGFACT`` line per probe (coreutils' ``mktemp`` and ``base64``)."""
+    lines = ['d=$(mktemp -d) || exit 97', "trap 'rm -rf \"$d\"' EXIT"]
+    for n, probe in enumerate(probes):
+        lines.append(f'( {command_line(probe)} ) </dev/null >"$d/o" 2>"$d/e"; '
+                     f'printf "{TAG} {n} %s " "$?"; base64 -w0 <"$d/o"; printf " "; base64 -w0 <"$d/e"; echo')
+    return "\n".join(lines) + "\n"
+
+
+def parse_gathered(output: str | bytes, probes: Sequence[Probe]) -> dict[Probe, Answer]:
+    """The answers in ``output`` of :func:`gather_script` (a malformed line answers nothing)."""
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    answers: dict[Probe, Answer] = {}
+    for line in output.splitlines():
+        parts = line.split(" ")
+        if len(parts) not in (4, 5) or parts[0] != TAG or not parts[1].isdigit() or int(parts[1]) >= len(probes):
+            continue
+        try:
+            rc = int(parts[2])
+            out = base64.b64decode(parts[3], validate=True)
+            err = base64.b64decode(parts[4], validate=True) if len(parts) == 5 else b""
+        except (ValueError, binascii.Error):
+            continue
+        answers[probes[int(parts[1])]] = Answer(rc, out, err)
+    return answers
+
+
+class FactStore:
+    """The gathered answers, per testinfra host (forgotten with the host); clones may gather at
+    the same time from their own threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answers: weakref.WeakKeyDictionary[Any, dict[Probe, Answer]] = weakref.WeakKeyDictionary()
+        self._asked: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
+
+    def gather(self, host: Any, probes: Sequence[Probe]) -> int:
+        """Run ``probes`` on ``host`` in one command and keep the answers; how many came back."""
+        probes = unique(probes)
+        if not probes:
+            return 0
+        result = host.run(gather_script(probes))
+        answers = parse_gathered(result.stdout_bytes, probes)
+        with self._lock:
+            self._answers.setdefault(host, {}).update(answers)
+        return len(answers)
+
+    def load(self, host: Any, entries: Iterable[dict[str, Any]]) -> None:
+        """Answers exported by another process (:meth:`export`)."""
+        with self._lock:
+            store = self._answers.setdefault(host, {})
+        for e in entries:
+            probe = Probe(e["command"], bool(e["as_root"]), int(e["timeout"]))
+            store[probe] = Answer(int(e["rc"]), base64.b64decode(e["stdout"]), base64.b64decode(e["stderr"]))
+
+    def export(self, host: Any) -> list[dict[str, Any]]:
+        """The user-level answers for ``host`` as JSON-able dicts (root's stay here)."""
+        return [{"command": p.command, "as_root": p.as_root, "timeout": p.timeout, "rc": a.rc,
+                 "stdout": base64.b64encode(a.stdout).decode(), "stderr": base64.b64encode(a.stderr).decode()}
+                for p, a in self._answers.get(host, {}).items() if not p.as_root]
+
+    def has(self, host: Any) -> bool:
+        return bool(self._answers.get(host))
+
+    def answer(self, host: Any, probe: Probe) -> Answer | None:
+        return self._answers.get(host, {}).get(probe)
+
+    def asked(self, host: Any, probe: Probe) -> None:
+        """``probe`` ran over SSH on its own (nobody declared it, or its answer did not come back)."""
+        with self._lock:
+            self._asked.setdefault(host, []).append(probe.command)
+
+    def one_by_one(self, host: Any) -> list[str]:
+        """The commands that ran on ``host`` outside the gathered facts, in order."""
+        return list(self._asked.get(host, []))
+
+
+#: The one store of this process (the check suite runs in its own process per run).
+STORE = FactStore()
+
+
+def run_probe(host: Any, probe: Probe) -> Any:
+    """testinfra's CommandResult for ``probe``: the gathered answer, else the command over SSH."""
+    line = command_line(probe)
+    answer = STORE.answer(host, probe)
+    if answer is None:
+        STORE.asked(host, probe)
+        return host.run(line)
+    return host.backend.result(answer.rc, host.backend.encode(line), answer.stdout, answer.stderr)

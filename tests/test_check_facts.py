@@ -1,0 +1,153 @@
+"""nixgold.verify.checks.facts: the probes declared by the check modules, gathered in one command,
+answer exactly what each command run on its own answers (exit status, stdout, stderr, bytes and
+all); what did not come back runs on its own; root's answers never leave the process; the
+cross-clone checks answer from an earlier run's facts without connecting. Against this machine
+(testinfra's local backend), no guest needed."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testinfra
+
+from nixgold.verify.checks import CHECKS_DIR, CloneTarget, run_checks
+from nixgold.verify.checks.facts import FactStore, Probe, command_line, gather_script, parse_gathered, \
+    run_probe
+from nixgold.verify.checks.helpers import glob_covers, sshd_dump
+from tests.test_checks_runner import ctx_for
+
+PROBES = [
+    Probe("echo out; echo err >&2; exit 3"),
+    Probe("printf 'a\\000b\\377'"),  # NUL and a byte that is not UTF-8
+    Probe("true"),  # no output at all
+    Probe("sleep 5", timeout=1),  # the guest-side timeout: exit 124
+    Probe("""printf '%s|' "it's" '$HOME' "a\\"b" """),  # quotes and a dollar that must stay literal
+    Probe("echo $((6 * 7))", as_root=True),  # through sudo -n (absent here: its own failure)
+    Probe("cat /proc/cmdline"),
+]
+
+
+@pytest.fixture
+def local() -> Any:
+    return testinfra.get_host("local://")
+
+
+def test_gathered_answers_are_what_each_command_answers_on_its_own(local):
+    store = FactStore()
+    t0 = time.monotonic()
+    assert store.gather(local, PROBES + PROBES[:2]) == len(PROBES)  # repeats run once
+    assert time.monotonic() - t0 < 5  # the timeout probe stopped at 1 s
+    for probe in PROBES:
+        alone = local.run(command_line(probe))
+        got = store.answer(local, probe)
+        assert got is not None, probe
+        assert (got.rc, got.stdout, got.stderr) == (alone.rc, alone.stdout_bytes, alone.stderr_bytes), probe
+    assert store.answer(local, PROBES[0]).rc == 3 and store.answer(local, PROBES[3]).rc == 124
+    assert store.answer(local, PROBES[1]).stdout == b"a\x00b\xff"
+
+
+def test_run_answers_from_the_facts_and_asks_the_rest_over_the_connection(local, monkeypatch):
+    class Counting:
+        """The local host, counting what goes over the connection."""
+
+        def __init__(self, host: Any):
+            self.host, self.backend, self.sent = host, host.backend, []
+
+        def run(self, command: str) -> Any:
+            self.sent.append(command)
+            return self.host.run(command)
+
+    host = Counting(local)
+    store = FactStore()
+    monkeypatch.setattr("nixgold.verify.checks.facts.STORE", store)
+    store.gather(host, PROBES[:3])
+    assert len(host.sent) == 1  # one command for all of them
+    result = run_probe(host, PROBES[0])
+    assert (result.rc, result.stdout, result.stderr) == (3, "out\n", "err\n") and result.failed
+    assert len(host.sent) == 1 and store.one_by_one(host) == []
+    assert run_probe(host, PROBES[6]).stdout == Path("/proc/cmdline").read_text()  # not gathered
+    assert host.sent[-1] == command_line(PROBES[6]) and store.one_by_one(host) == ["cat /proc/cmdline"]
+
+
+def test_a_lost_or_garbled_answer_is_asked_again_on_its_own():
+    probes = [Probe("echo one"), Probe("echo two"), Probe("echo three")]
+    output = "\n".join([
+        "NGFACT 0 0 b25lCg== ",  # fine: "one\n", empty stderr
+        "NGFACT 1 0 not-base64! ",  # garbled
+        "NGFACT 9 0 eA== ",  # no such probe
+        "noise from a login script",
+    ])
+    answers = parse_gathered(output, probes)
+    assert list(answers) == [probes[0]] and answers[probes[0]].stdout == b"one\n"
+    # a guest without mktemp or base64: nothing comes back, every check asks on its own
+    assert parse_gathered("sh: 1: base64: not found\n", probes) == {}
+    script = gather_script(probes)
+    assert script.count("NGFACT") == 3 and all(command_line(p) in script for p in probes)
+
+
+def test_root_answers_stay_in_the_process(local):
+    store = FactStore()
+    store.gather(local, [Probe("echo mine"), Probe("echo roots", as_root=True)])
+    exported = store.export(local)
+    assert [e["command"] for e in exported] == ["echo mine"]
+    other = FactStore()
+    other.load(local, exported)
+    assert other.answer(local, Probe("echo mine")).stdout == b"mine\n"
+    assert other.answer(local, Probe("echo roots", as_root=True)) is None
+
+
+def test_every_command_of_a_clone_run_comes_from_its_facts():
+    """The suite against this machine: one gathering command, nothing asked one by one."""
+    run = run_checks(ctx_for("a"), scope="clone")
+    assert run.one_by_one == {"a": []}
+    assert set(run.gather_seconds) == {"a"}
+    commands = {e["command"] for e in run.facts["a"]}
+    assert {"cat /proc/cmdline", "cat /etc/machine-id", sshd_dump("root")} <= commands
+    assert not any("shadow" in c for c in commands)  # root's probes are not handed on
+
+
+def test_the_cross_clone_checks_answer_from_the_facts_without_connecting(tmp_path):
+    """Clone runs on this machine hand their facts on; the cross run's clones point at an address
+    where nothing listens, so any connection would fail (see test_an_unreachable_clone_...)."""
+    facts = {}
+    for name in ("a", "b"):
+        facts.update(run_checks(ctx_for(name), scope="clone").facts)
+    unreachable = tuple(CloneTarget(vmid=100 + i, name=n, node="pve", address="127.0.0.1", ssh_user="nobody",
+                                    ssh_key_file=tmp_path / "no-key", disk_bytes=0) for i, n in enumerate("ab"))
+    ctx = ctx_for(clones=unreachable, connection="paramiko")
+    run = run_checks(ctx, [], scope="cross", facts=facts)
+    table = {r.id: r for r in run.results}
+    assert set(table) == {"hygiene.machine-id", "hygiene.host-keys"}
+    machine_id = Path("/etc/machine-id").read_text().strip()
+    assert table["hygiene.machine-id"].outcome == "failed"  # both "clones" are this machine
+    assert table["hygiene.machine-id"].reason == f"a, b share machine-id {machine_id} (baked into the image)"
+    without = run_checks(ctx, [], scope="cross")
+    assert {r.outcome for r in without.results} == {"error"}
+    assert all("no SSH connection to nobody@127.0.0.1" in r.reason for r in without.results)
+
+
+def test_module_probes_are_declared_next_to_the_checks():
+    from nixgold.verify.checks import test_nixos, test_sshd
+
+    assert test_nixos.probes(ctx_for("a", profile="generic")) == []
+    assert Probe(test_nixos.VERSION) in test_nixos.probes(ctx_for("a", profile="nixos"))
+    assert Probe(sshd_dump("root")) in test_sshd.probes(ctx_for("a"))
+    assert sorted(p.name for p in CHECKS_DIR.glob("test_*.py")) == sorted(
+        f"{m}.py" for m in ("test_agent", "test_cloud_init", "test_console", "test_disk", "test_hygiene",
+                            "test_identity", "test_nixos", "test_sshd"))
+
+
+def test_listening_sockets_and_key_file_globs():
+    from nixgold.verify.checks.test_sshd import listens_on
+
+    ss = ("LISTEN 0 128 0.0.0.0:2024 0.0.0.0:*\n"
+          "LISTEN 0 128 [::]:22 [::]:*\n")
+    assert listens_on(ss, 22) and not listens_on(ss, 2022) and listens_on("LISTEN 0 4096 *:22 *:*", 22)
+    assert not listens_on("LISTEN 0 128 0.0.0.0:2222 0.0.0.0:*", 22)
+    assert glob_covers("/home/*/.ssh/authorized_keys*", "/home/nixgold/.ssh/authorized_keys")
+    assert not glob_covers("/home/*/.ssh/authorized_keys*", "/home/a/b/.ssh/authorized_keys")  # * is one segment
+    assert not glob_covers("/etc/ssh/authorized_keys.d/*", "/etc/ssh/authorized_keys.d/.hidden")
+    assert not glob_covers("/root/.ssh/authorized_keys*", "/var/lib/nixgold/.ssh/authorized_keys")
+
