@@ -12,7 +12,7 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol
 
 from nixgold.text import one_line as text_one_line
 
@@ -208,10 +208,3 @@ def format_keep(report: VerifyReport) -> str:
                  f"rm -r {Path(report.ssh_key_file).parent if report.ssh_key_file else '<key dir>'}")
     return "\n".join(lines)
 
-
-def results_sorted(results: Sequence[Any]) -> list[Any]:
-    """Template checks first, then per target in the order seen, preserving check order."""
-    order: dict[str, int] = {}
-    for r in results:
-        order.setdefault(r.target, 0 if r.target == "template" else len(order) + 1)
-    return sorted(results, key=lambda r: order[r.target])
