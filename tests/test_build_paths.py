@@ -111,9 +111,12 @@ def test_a_vm_packer_leaves_is_destroyed_only_when_it_carries_the_build_id(bed, 
         assert f"Packer left VM {VMID} ({name}) behind: destroying it" in err, err
         assert vm_at(bed, VMID) is None
     else:
-        assert (f"vmid {VMID} holds a VM that is not this build's ('somebody-elses-vm': it does not carry build id "
-                f"{build_id}); leaving it alone") in err, err
-        assert vm_at(bed, VMID)["name"] == "somebody-elses-vm"
+        # Packer's default build-VM description and the old `<name>-building` name prove nothing
+        assert (f"vmid {VMID} holds a VM that is not this build's ('nixgold-e2e-building': it does not carry build "
+                f"id {build_id}); leaving it alone") in err, err
+        assert vm_at(bed, VMID)["name"] == "nixgold-e2e-building"
+        with bed.enter():
+            assert bed.proxmoxer().nodes(bed.node).qemu(VMID).config.get()["description"] == "Packer ephemeral build VM"
 
 
 def test_build_template_verify_exits_5_when_a_check_fails(bed, iso, tmp_path):

@@ -253,9 +253,11 @@ def api_side_checks() -> Callable[..., Any]:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnknownMarkWarning")  # the suite's own marks
 def test_every_call_verify_makes_is_in_the_pve_schema(testbed, monkeypatch, tmp_path):
-    """The calls of a real verify run (one clone of the bed's template booted, the API-side checks),
+    """The calls of two real verify runs at once (two threads of one process: the library is safe to
+    call from threads; one clone of the bed's template booted by each, the API-side checks),
     recorded at ProxmoxClient.call and each validated against the PVE 9.1 schema as PVE would."""
     import io
+    import threading
 
     import nixgold.verify.checks as suite
     from nixgold.config.load import load_config
@@ -266,18 +268,37 @@ def test_every_call_verify_makes_is_in_the_pve_schema(testbed, monkeypatch, tmp_
     config = load_config(testbed.config_path, env={}, overrides={
         "verify.clones": 1, "verify.profile": "generic", "verify.agent_timeout": "10m", "verify.ssh_timeout": "5m"})
     recorded: list[tuple[str, str, dict[str, Any]]] = []
+    reports: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def one_verify(n: int) -> None:
+        try:
+            with testbed.enter():  # this thread (and the verifier's workers it starts) in the namespace
+                client = ProxmoxClient(bed_creds(testbed), retry=FAST)
+                real_call = client.call
+
+                def call(method: str, path: str, params: Any = None, *, idempotent: bool) -> Any:
+                    recorded.append((method, path.strip("/"), encode_params(params or {})))
+                    return real_call(method, path, params, idempotent=idempotent)
+
+                client.call = call  # type: ignore[method-assign]
+                reports[n] = run_verify(config, bed_creds(testbed), VerifyOptions(vmid=TEMPLATE),
+                                        progress=Progress(stream=io.StringIO()), out=io.StringIO(), client=client)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one_verify, args=(n,)) for n in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for report in reports.values():
+        assert report.exit_code == 0, [(r.id, r.outcome, r.reason) for r in report.results]
+    clones = [c.vmid for report in reports.values() for c in report.clones]
+    assert len(set(clones)) == 2  # each run its own clone, both destroyed
     with testbed.enter():
-        client = ProxmoxClient(bed_creds(testbed), retry=FAST)
-        real_call = client.call
-
-        def call(method: str, path: str, params: Any = None, *, idempotent: bool) -> Any:
-            recorded.append((method, path.strip("/"), encode_params(params or {})))
-            return real_call(method, path, params, idempotent=idempotent)
-
-        monkeypatch.setattr(client, "call", call)
-        report = run_verify(config, bed_creds(testbed), VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
-                            out=io.StringIO(), client=client)
-    assert report.exit_code == 0, [(r.id, r.outcome, r.reason) for r in report.results]
+        assert not {int(vm["vmid"]) for vm in testbed.all_vms()} & set(clones)
     for method, path, params in recorded:
         schema_validate(method, path, params)
     shapes = {(m, re.sub(r"UPID:[^/]+", "{upid}", re.sub(r"/\d+(?=/|$)", "/{vmid}", p))) for m, p, _ in recorded}

@@ -1,9 +1,10 @@
 """`invoke verify` as a user runs it: real `invoke` processes inside the test bed's namespace,
 against the simulated PVE API and real QEMU/TCG guests (template 9004 = the `good` stand-in).
 
-Boots are expensive on a 2-core box, so only two runs boot guests to SSH: the passing run (two
-clones in parallel, with a taken-vmid race injected) and the `--keep` run (one clone). The rest
-stop early: signals while clones boot or while a clone task still runs, an agent that never
+Boots are expensive on a 2-core box, so only three runs boot guests to SSH: the passing run (two
+clones, the second one's agent held back until the first is checked, with a taken-vmid race
+injected), the `--keep` run (one clone) and a SIGINT while one clone is in its checks and the other
+still boots. The rest stop early: SIGTERM while a clone task still runs, an agent that never
 answers (the simulator's slow-agent fault with a short `verify.agent_timeout`), API faults on
 clone. Every test ends by proving no clone is left (`cluster/resources`).
 """
@@ -197,30 +198,53 @@ def test_keep_leaves_the_clone_and_prints_how_to_reach_it(testbed, before):
 
 
 # ------------------------------------------------------------------------------- failing
-@pytest.mark.parametrize("sig, when", [(signal.SIGINT, "booting"), (signal.SIGTERM, "clone task running")])
-def test_a_signal_destroys_every_clone_and_exits_130(testbed, before, sig, when):
-    if when == "clone task running":
-        with testbed.enter():  # the second clone's task sleeps while its config says 'lock: clone'
+SLOW_CHECK = """
+import time
+
+def test_takes_its_time(host):
+    time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("sig, when", [(signal.SIGINT, "checking one clone, booting the other"),
+                                       (signal.SIGTERM, "clone task running")])
+def test_a_signal_destroys_every_clone_and_exits_130(testbed, before, tmp_path, sig, when):
+    """At every stage verify has: cloning (the second clone's task still holds its lock), booting
+    and checking (the first clone in a slow check of `verify.checks_dir` while the second clone's
+    agent is held back, so both stages are under way when the signal comes)."""
+    args = ["--vmid", str(TEMPLATE), "--profile", "generic"]
+    with testbed.enter():
+        if when == "clone task running":  # the second clone's task sleeps while its config says 'lock: clone'
             testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=8, nth=2)
-    run = BackgroundRun(argv(testbed, "--vmid", str(TEMPLATE), "--profile", "generic"), env(testbed), REPO)
-    try:
-        if when == "booting":
-            run.wait_for(r"verify-1: \w+ clone ready in")
-            run.wait_for(r"verify-2: \w+ clone ready in")
-            time.sleep(3)  # QEMU is up, the guests are booting
-            assert len(verify_vms(testbed)) == 2
         else:
+            testbed.sim_admin.slow_agent(3600, name="nixgold-testbed-good-verify-2")
+            (tmp_path / "checks").mkdir()
+            (tmp_path / "checks" / "test_slow.py").write_text(SLOW_CHECK)
+            args += ["--set", f"verify.checks_dir={tmp_path / 'checks'}", *SLOW_BOX]
+    run = BackgroundRun(argv(testbed, *args), env(testbed), REPO)
+    try:
+        if when == "clone task running":
             run.wait_for(r"cloning 9004 ->")
             deadline = time.monotonic() + 30
             while not any(vm.get("lock") == "clone" for vm in _all_vms(testbed)) and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert any(vm.get("lock") == "clone" for vm in _all_vms(testbed))
+        else:
+            run.wait_for(r"\d+ SSH up [\d.]+s after the agent", timeout=900)
+            time.sleep(5)  # the first clone's checks run (the slow one sleeps), the second boots
+            assert not any(" checked in " in line for line in run.lines), run.err
+            assert sum(" agent up after " in line for line in run.lines) == 1, run.err
+        t0 = time.monotonic()
         run.proc.send_signal(sig)
         rc = run.finish()
+        after_signal = time.monotonic() - t0
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
+        with testbed.enter():
+            testbed.sim_admin.clear_faults()
     assert rc == ExitCode.INTERRUPTED, run.err
+    assert after_signal < 120, run.err  # the slow check was stopped, not waited for
     assert f"interrupted by {sig.name}; every clone was destroyed" in run.err
     assert re.search(r"destroying 2 clones \(\d+, \d+\): done", run.err)
     assert_no_clone_left(testbed, before)

@@ -17,7 +17,10 @@ Scenarios:
               forwards), prints Packer's interrupt lines with the password, exits 1;
 ``leave-vm``  creates the build VM through the API (name = ``PKR_VAR_build_vm_name``, at the HCL's
               vm_id) and fails without deleting it, like a Packer killed mid-cleanup;
-``leave-foreign``  the same with a name that carries no build id (someone else's VM);
+``leave-foreign``  the same, but the VM is another build's: named ``<template name>-building`` (the
+              name every build of this template used before build ids) with Packer's default
+              build-VM description ("Packer ephemeral build VM", packer-plugin-proxmox
+              builder/proxmox/common/step_start_vm.go), and no build id;
 ``template``  creates the VM, turns it into the template (name and manifest description from the
               HCL) without a guest agent, prints the artifact lines, exits 0.
 
@@ -165,8 +168,14 @@ if SCENARIO == "hang":
 data, source = hcl()
 node, vmid = unquote(source["node"]), int(source["vm_id"])
 api = Api()
-name = os.environ["PKR_VAR_build_vm_name"] if SCENARIO != "leave-foreign" else "somebody-elses-vm"
-api.wait(node, api.call("POST", f"nodes/{{node}}/qemu", vmid=vmid, name=name, memory=64))
+if SCENARIO == "leave-foreign":
+    name = unquote(source["template_name"]) + "-building"
+    api.wait(node, api.call("POST", f"nodes/{{node}}/qemu", vmid=vmid, name=name, memory=64,
+                            description="Packer ephemeral build VM"))
+else:
+    name = os.environ["PKR_VAR_build_vm_name"]
+    api.wait(node, api.call("POST", f"nodes/{{node}}/qemu", vmid=vmid, name=name, memory=64,
+                            description="Packer ephemeral build VM"))
 say("Starting VM")
 if SCENARIO in ("leave-vm", "leave-foreign"):
     fail(f"Timeout waiting for SSH. (and the cleanup never ran; password {{password()}})")
