@@ -3,7 +3,7 @@ against the simulated PVE API and real QEMU/TCG guests (template 9004 = the `goo
 
 Boots are expensive on a 2-core box, so only three runs boot guests to SSH: the passing run (two
 clones, the second one's agent held back until the first is checked, with a taken-vmid race
-injected), the `--keep` run (one clone) and a SIGINT while one clone is in its checks and the other
+injected), the `--keep` run with a failing site check from `verify.checks_dir` (one clone) and a SIGINT while one clone is in its checks and the other
 still boots. The rest stop early: SIGTERM while a clone task still runs, an agent that never
 answers (the simulator's slow-agent fault with a short `verify.agent_timeout`), API faults on
 clone. Every test ends by proving no clone is left (`cluster/resources`).
@@ -171,17 +171,45 @@ def test_good_template_passes_with_two_parallel_clones(testbed, before, tmp_path
     assert_no_clone_left(testbed, before)
 
 
-def test_keep_leaves_the_clone_and_prints_how_to_reach_it(testbed, before):
-    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic", "--clones", "1", "--keep", *SLOW_BOX)
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    m = re.search(r"ssh -i (\S+) nixgold@(\S+)", result.stdout)
-    assert m, result.stdout
-    key_file, address = Path(m.group(1)), m.group(2)
+SITE_CHECKS = '''
+import pytest
+
+
+@pytest.mark.check("site.kernel", "the clone runs Linux")
+def test_kernel(host):
+    assert host.system_info.type == "linux", f"not Linux: {host.system_info.type}"
+
+
+@pytest.mark.check("site.motd", "the message of the day names the site")
+def test_motd(host):
+    assert host.file("/etc/motd").contains("ACME"), "/etc/motd does not name ACME"
+'''
+
+
+def test_keep_and_a_failing_site_check(testbed, before, tmp_path):
+    """`verify.checks_dir`: a site's own check files run next to the suite on the booted clone, and a
+    failing one fails the run (exit 5) with its id and reason in the table and the JSON report;
+    `--keep` keeps the clone and prints the ssh command that reaches it (also after a failure)."""
+    checks = tmp_path / "site-checks"
+    checks.mkdir()
+    (checks / "test_site.py").write_text(SITE_CHECKS)
+    report = tmp_path / "verify.json"
+    result = verify(testbed, "--vmid", str(TEMPLATE), "--profile", "generic", "--clones", "1", "--keep",
+                    "--set", f"verify.checks_dir={checks}", "--json", str(report), *SLOW_BOX)
+    out, err = result.stdout, result.stderr
+    m = re.search(r"ssh -i (\S+) nixgold@(\S+)", out)
     try:
+        assert result.returncode == ExitCode.VERIFY, f"stdout:\n{out}\nstderr:\n{err}"
+        assert re.search(r"^site\.motd +\S+ +FAILED .*/etc/motd does not name ACME", out, re.M), out
+        assert re.search(r"^site\.kernel +\S+ +passed ", out, re.M), out
+        failed = [r["id"] for r in json.loads(report.read_text())["results"] if r["outcome"] == "failed"]
+        assert failed == ["site.motd"]  # the suite itself passed on the good template
+        assert m, out
+        key_file, address = Path(m.group(1)), m.group(2)
         assert key_file.stat().st_mode & 0o777 == 0o600
         (vm,) = verify_vms(testbed)
         assert vm["status"] == "running" and vm["name"] == "nixgold-testbed-good-verify-1"
-        assert "destroying" not in result.stderr
+        assert "destroying" not in err
         with testbed.enter():  # the printed command works: same key, same user, same address
             ssh = paramiko.SSHClient()
             ssh.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())
@@ -193,7 +221,8 @@ def test_keep_leaves_the_clone_and_prints_how_to_reach_it(testbed, before):
     finally:
         for vm in verify_vms(testbed):
             remove_vm(testbed, int(vm["vmid"]))
-        shutil.rmtree(key_file.parent, ignore_errors=True)
+        if m:
+            shutil.rmtree(Path(m.group(1)).parent, ignore_errors=True)
     assert_no_clone_left(testbed, before)
 
 
