@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import testinfra
+
 
 from nixgold.verify.checks import (
     AGENT_COMMANDS,
@@ -213,13 +213,55 @@ def test_runs_per_clone_and_across_merge_into_one_runs_order(tmp_path):
     same results, in the same order, as one run over every clone."""
     from nixgold.verify.verifier import merged_results
 
-    (tmp_path / "test_custom.py").write_text(EXTRA)
+    (tmp_path / "test_custom.py").write_text(EXTRA + """
+
+def test_context_only(ctx):
+    assert ctx.profile == "generic"
+""")
+    (tmp_path / "test_broken.py").write_text("import no_such_module_here\n")
     whole = run_checks(ctx_for("clone-a", "clone-b"), [tmp_path]).results
+    assert sum(r.id == "custom.context-only" for r in whole) == 1 and whole[0].id == "checks.collect"
     ctx = ctx_for("clone-a", "clone-b")
     one, two = (run_checks(ctx_for("clone-a", "clone-b", clones=(c,), agent=lambda vmid, cmd: {"id": "debian"}),
                            [tmp_path], scope="clone") for c in ctx.clones)
     cross = run_checks(ctx, [tmp_path], scope="cross")
-    assert {r.target for r in one.results} == {"clone-a"} and {r.target for r in cross.results} == {"clones"}
+    assert {r.target for r in one.results} == {"clone-a", "test_broken.py"}  # the module fails in each run
+    assert {r.target for r in cross.results} == {"clones", "test_broken.py"}
     merged = merged_results([two, cross, one], ["clone-a", "clone-b"])
     key = lambda r: (r.id, r.target, r.outcome, r.reason)  # noqa: E731 - durations differ
     assert [key(r) for r in merged] == [key(r) for r in whole]
+
+
+SLEEPER = '''
+import time
+
+def test_sleeps(host):
+    time.sleep(120)
+'''
+
+
+def test_a_cancelled_run_stops_its_child_and_leaves_no_file(tmp_path, monkeypatch):
+    """verify's Ctrl-C while a check runs: the child is interrupted (its own session: the terminal's
+    Ctrl-C reaches only verify), cleans up, and run_checks raises Cancelled within seconds."""
+    from nixgold.signals import Cancelled
+
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "test_sleeper.py").write_text(SLEEPER)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))  # where run_checks makes its own temporary directory
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        run_checks(ctx_for("a"), [tmp_path / "checks"], scope="clone", cancelled=lambda: time.monotonic() - t0 > 3)
+    assert time.monotonic() - t0 < 20
+    assert list(scratch.iterdir()) == []  # nothing of the run left: not its context, not the child's files
+
+
+def test_a_run_that_outlives_its_time_is_a_check_suite_error(tmp_path):
+    from nixgold.errors import ExitCode
+    from nixgold.verify.checks import CheckSuiteError
+
+    (tmp_path / "test_sleeper.py").write_text(SLEEPER)
+    with pytest.raises(CheckSuiteError, match=r"the check suite did not finish within 4s") as info:
+        run_checks(ctx_for("a"), [tmp_path], scope="clone", timeout=4)
+    assert info.value.exit_code == ExitCode.INTERNAL

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ class StubChecks:
 
     template: list[Result] = field(default_factory=lambda: [Result("template.is-template", "template", "passed", 0)])
     contexts: list[Any] = field(default_factory=list)
+    calls: list[tuple[float, str, tuple[str, ...]]] = field(default_factory=list)  # (when, scope, clones)
 
     def module(self) -> types.ModuleType:
         mod = types.ModuleType("nixgold.verify.checks")
@@ -164,6 +166,7 @@ class StubChecks:
 
         def run_checks(ctx: Any, extra_dirs: Any = (), *, scope: str = "all", **kw: Any) -> CheckRun:
             self.contexts.append(ctx)
+            self.calls.append((time.monotonic(), scope, tuple(c.name for c in ctx.clones)))
             if scope == "cross":
                 return CheckRun([Result("stub.cross", "clones", "passed", 0.1)], ["stub.ok", "stub.cross"])
             return CheckRun([Result("stub.ok", c.name, "passed", 0.1) for c in ctx.clones], ["stub.ok", "stub.cross"])
@@ -257,3 +260,36 @@ def test_the_ephemeral_key_is_removed_and_never_reported(testbed, verify_env, tm
     assert "destroying 1 clone" in text
     report = (tmp_path / "verify.json").read_text()
     assert secret_lines and not any(line in report or line in text for line in secret_lines)
+
+
+def test_a_clone_that_never_comes_up_fails_its_boot_check_and_delays_no_other(testbed, verify_env, tmp_path,
+                                                                              monkeypatch):
+    """The pipeline: the first clone's checks run while the second is still booting; the second
+    fails boot.agent; the checks across clones are not run (one clone is not enough); exit 5.
+    Booting is stood in for (the clones' agents and SSH are the e2e tests' job)."""
+    from nixgold.verify.verifier import Verifier
+
+    boot_failed_at: list[float] = []
+
+    def boot(self: Any, c: Any) -> None:
+        if c.index == 1:  # the first clone: up at once
+            c.address = "192.0.2.10"
+            c.boot_results += [self._result(i, c.name, "passed", 0.1) for i in ("boot.agent", "boot.address",
+                                                                                 "boot.ssh")]
+            return
+        self.pause(3)  # the second: its agent never answers
+        c.boot_results.append(self._result("boot.agent", c.name, "failed", 3.0, "the guest agent did not answer"))
+        boot_failed_at.append(time.monotonic())
+
+    monkeypatch.setattr(Verifier, "_boot", boot)
+    outcome, text = verify_env(vmid=TEMPLATE)
+    assert isinstance(outcome, ChecksFailed) and outcome.exit_code == ExitCode.VERIFY, text
+    (call,) = verify_env.stub.calls  # one run: the first clone's own checks, none across clones
+    assert call[1] == "clone" and call[2] == ("nixgold-testbed-good-verify-1",)
+    assert call[0] < boot_failed_at[0]  # checked while the other clone still booted
+    assert "not running the checks across clones: 1 of 2 clones did not come up" in text
+    data = json.loads((tmp_path / "verify.json").read_text())
+    rows = [(r["id"], r["target"], r["outcome"]) for r in data["results"]]
+    assert ("boot.agent", "nixgold-testbed-good-verify-2", "failed") in rows
+    assert ("stub.ok", "nixgold-testbed-good-verify-1", "passed") in rows
+    assert not any(r[0] == "stub.cross" for r in rows) and clones_left(testbed) == []

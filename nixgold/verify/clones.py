@@ -11,11 +11,14 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from nixgold.errors import ProxmoxError
 from nixgold.proxmox.vms import CloneJob, dns_label
 from nixgold.units import parse_size
+
+if TYPE_CHECKING:
+    from nixgold.verify.checks import CheckRun
 
 VERIFY_TAG = "nixgold-verify"
 
@@ -41,7 +44,7 @@ class CloneRun:
     timings: dict[str, float] = field(default_factory=dict)
     destroyed: bool = False
     kept: bool = False
-    check_run: Any = None  # its own checks' CheckRun (nixgold.verify.checks.runner)
+    check_run: CheckRun | None = None  # its own checks' run (None: not checked)
 
     @property
     def vmid(self) -> int:

@@ -13,7 +13,10 @@ Stages (one progress line each, with elapsed time):
 4. boot them in parallel: guest agent ``ping`` -> address from ``network-get-interfaces`` ->
    SSH key login. A guest that never gets there is a failed check (``boot.agent``,
    ``boot.address``, ``boot.ssh``: the image's fault, exit 5), not an infrastructure error;
-5. run the check suite over SSH (``nixgold.verify.checks.run_checks``);
+   each clone's own checks run as soon as it answers SSH (``nixgold.verify.checks.run_checks``,
+   a child process per clone, the clones at the same time), in the same stage as 3 and 4;
+5. the checks across clones (machine-id, host keys) once every clone is in, from the facts the
+   clones' runs gathered; the results are merged in the suite's order (by check, then by clone);
 6. destroy every clone (also on failure, SIGINT, SIGTERM) unless ``--keep``.
 
 Exit: the returned report has ``exit_code`` 0; otherwise an exception with ``.report`` set:
@@ -24,6 +27,7 @@ Exit: the returned report has ``exit_code`` 0; otherwise an exception with ``.re
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import getpass
 import logging
 import os
@@ -35,7 +39,7 @@ import uuid
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TextIO
 
 from nixgold.config.credentials import Credentials
 from nixgold.config.model import Config
@@ -63,6 +67,9 @@ from nixgold.verify.clones import (
 )
 from nixgold.verify.report import CloneInfo, StageInfo, VerifyReport, format_keep, format_table, write_reports
 from nixgold.verify.select import Template, resolve_template
+
+if TYPE_CHECKING:  # the suite is imported when a run needs it (it pulls in pytest's plugin side lazily)
+    from nixgold.verify.checks import CheckResult, CheckRun
 
 log = logging.getLogger("nixgold.verify")
 
@@ -99,6 +106,7 @@ class Verifier:
         self._client = client
         self.run_id = uuid.uuid4().hex[:12]
         self.cancel = cancel or Cancel()  # signals and a failing worker set it; workers poll it
+        self.check_warnings: list[str] = []  # what the check suite said about itself (shown once)
         self.clones: list[CloneRun] = []
         self._vmid_lock = threading.Lock()
         self._used_vmids: set[int] = set()
@@ -459,7 +467,7 @@ class Verifier:
 
     # -- checks ------------------------------------------------------------------------------------
     def _run_checks(self, clones: Sequence[CloneRun], *, scope: str,
-                    facts: dict[str, list[dict[str, Any]]] | None = None) -> Any:
+                    facts: dict[str, list[dict[str, Any]]] | None = None) -> CheckRun:
         """The check suite (a child process) for ``clones``; the agent answers it needs are asked
         here first: by the time the injected key logs in (cloud-init's config stage) the init stage
         has set the hostname (cloud-init.nix: update_hostname in cloud_init_modules)."""
@@ -471,7 +479,7 @@ class Verifier:
         if scope != "cross":
             for c in clones:
                 for command in AGENT_COMMANDS:
-                    answers.record(c.vmid, command, lambda: client.agent(node, c.vmid, command))
+                    answers.record(c.vmid, command, functools.partial(client.agent, node, c.vmid, command))
         manifest = self.template.manifest
         ctx = CheckContext(
             profile=self.config.verify.profile,
@@ -486,10 +494,12 @@ class Verifier:
             agent=answers,
         )
         extra = [Path(self.config.verify.checks_dir)] if self.config.verify.checks_dir else []
-        try:
-            return run_checks(ctx, extra, scope=scope, cancelled=lambda: self.cancel.is_set, facts=facts)
-        except KeyboardInterrupt:
-            raise Cancelled(self.cancel.reason or "cancelled") from None
+        run = run_checks(ctx, extra, scope=scope, cancelled=lambda: self.cancel.is_set, facts=facts)
+        for warning in run.warnings:
+            if warning not in self.check_warnings:
+                self.check_warnings.append(warning)
+                self.say(f"check suite: {warning}")
+        return run
 
     # -- cleanup -----------------------------------------------------------------------------------
     def _cleanup(self) -> list[str]:
@@ -547,13 +557,14 @@ def run_verify(config: Config, creds: Credentials, options: VerifyOptions, *, pr
                     cancel=cancel).run()
 
 
-def merged_results(runs: Sequence[Any], clone_names: Sequence[str]) -> list[Any]:
+def merged_results(runs: Sequence[CheckRun], clone_names: Sequence[str]) -> list[CheckResult]:
     """Results of several check runs in the suite's order: by check, then by clone (as one pytest
-    run over every clone would list them)."""
+    run over every clone would list them). What every run reports alike (a check module that does
+    not import: ``checks.collect``, first as in one run) is listed once."""
     order: list[str] = []
     for run in runs:
         order += [i for i in run.order if i not in order]
     position = {name: n for n, name in enumerate(clone_names)}
-    everything = [r for run in runs for r in run.results]
-    return sorted(everything, key=lambda r: (order.index(r.id) if r.id in order else len(order),
+    everything = list({(r.id, r.target, r.outcome, r.reason): r for run in runs for r in run.results}.values())
+    return sorted(everything, key=lambda r: (order.index(r.id) if r.id in order else -1,
                                              position.get(r.target, -1)))

@@ -16,12 +16,15 @@ send (:func:`command_line`: PATH, guest-side ``timeout``, ``sudo -n`` for root),
 order (the same order the checks ran in one by one: the cloud-init wait comes before the hostname,
 user and key checks), its exit status, stdout and stderr captured apart. ``run()`` then answers
 from that store, so a check's result and failure message are what its own command would have
-given; a command nobody declared, or one whose answer did not come back (no ``base64`` on the
-guest, a cut connection), runs over SSH as before. Nothing here waits on the guest for more than
-the probes' own timeouts.
+given; a command nobody declared, or one whose answer did not come back whole (no ``mktemp`` or
+``base64 -w0`` on the guest, a cut connection: an answer counts only when its line ends with the
+end mark), runs over SSH as before. Nothing here waits on the guest for more than the probes' own
+timeouts.
 
-Only what the probes print travels back; root's probes' answers stay in the process that asked
-(:meth:`FactStore.export` leaves them out).
+What the probes print lives on the guest only in a 0700 ``mktemp -d`` directory of the SSH user,
+each answer removed as soon as it is encoded, the directory removed on exit, hang-up, INT or TERM.
+Root's probes' answers stay in the process that asked (:meth:`FactStore.export` hands on only the
+user-level answers the caller names).
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ from typing import Any, Iterable, Sequence
 #: ``security.wrapperDir = "/run/wrappers/bin"``); Debian keeps sshd in /usr/sbin.
 EXTRA_PATH = "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 60
-#: Marks one probe's answer in the gathered output: ``NGFACT <index> <exit> <stdout b64> <stderr b64>``.
+#: Marks one probe's answer in the gathered output:
+#: ``NGFACT <index> <exit> <stdout b64> <stderr b64> .`` (the final ``.``: the line came whole).
 TAG = "NGFACT"
+END = "."
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class Probe:
 
 @dataclass(frozen=True)
 class Answer:
+    """What one probe answered: its exit status and its output, byte for byte."""
+
     rc: int
     stdout: bytes
     stderr: bytes
@@ -72,13 +79,30 @@ def unique(probes: Iterable[Probe]) -> list[Probe]:
     return list(dict.fromkeys(probes))
 
 
+def valid_probe(probe: Any) -> str | None:
+    """Why ``probe`` cannot be gathered (None: it can): a check module's ``probes(ctx)`` may be a
+    site's own code (``verify.checks_dir``)."""
+    if not isinstance(probe, Probe):
+        return f"not a Probe: {type(probe).__name__}"
+    if not isinstance(probe.command, str) or not probe.command.strip():
+        return "its command is not a non-empty string"
+    if not isinstance(probe.as_root, bool):
+        return "as_root is not True or False"
+    if isinstance(probe.timeout, bool) or not isinstance(probe.timeout, int) or probe.timeout <= 0:
+        return f"timeout is not a positive whole number of seconds: {probe.timeout!r}"
+    return None
+
+
 def gather_script(probes: Sequence[Probe]) -> str:
     """One shell script running every probe in order, each in its own subshell with stdin from
-    /dev/null, and printing one ``NGFACT`` line per probe (coreutils' ``mktemp`` and ``base64``)."""
-    lines = ['d=$(mktemp -d) || exit 97', "trap 'rm -rf \"$d\"' EXIT"]
+    /dev/null, and printing one ``NGFACT`` line per probe whose output both encoded (coreutils'
+    ``mktemp`` and ``base64``, looked up with the same PATH as the probes)."""
+    lines = [f'export PATH={EXTRA_PATH}:"$PATH"', 'd=$(mktemp -d) || exit 97',
+             "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 129' HUP", "trap 'exit 130' INT", "trap 'exit 143' TERM"]
     for n, probe in enumerate(probes):
-        lines.append(f'( {command_line(probe)} ) </dev/null >"$d/o" 2>"$d/e"; '
-                     f'printf "{TAG} {n} %s " "$?"; base64 -w0 <"$d/o"; printf " "; base64 -w0 <"$d/e"; echo')
+        lines.append(f'( {command_line(probe)} ) </dev/null >"$d/o" 2>"$d/e"; r=$?; '
+                     f'o=$(base64 -w0 <"$d/o") && e=$(base64 -w0 <"$d/e") && '
+                     f'printf "{TAG} {n} %s %s %s {END}\\n" "$r" "$o" "$e"; rm -f "$d/o" "$d/e"')
     return "\n".join(lines) + "\n"
 
 
@@ -87,14 +111,15 @@ def parse_gathered(output: str | bytes, probes: Sequence[Probe]) -> dict[Probe, 
     if isinstance(output, bytes):
         output = output.decode(errors="replace")
     answers: dict[Probe, Answer] = {}
-    for line in output.splitlines():
+    for line in output.split("\n")[:-1]:  # a last piece without its newline was cut off
         parts = line.split(" ")
-        if len(parts) not in (4, 5) or parts[0] != TAG or not parts[1].isdigit() or int(parts[1]) >= len(probes):
+        if (len(parts) != 6 or parts[0] != TAG or parts[5] != END or not parts[1].isdigit()
+                or int(parts[1]) >= len(probes)):
             continue
         try:
             rc = int(parts[2])
             out = base64.b64decode(parts[3], validate=True)
-            err = base64.b64decode(parts[4], validate=True) if len(parts) == 5 else b""
+            err = base64.b64decode(parts[4], validate=True)
         except (ValueError, binascii.Error):
             continue
         answers[probes[int(parts[1])]] = Answer(rc, out, err)
@@ -123,23 +148,24 @@ class FactStore:
 
     def load(self, host: Any, entries: Iterable[dict[str, Any]]) -> None:
         """Answers exported by another process (:meth:`export`)."""
+        loaded = {Probe(e["command"], bool(e["as_root"]), int(e["timeout"])):
+                  Answer(int(e["rc"]), base64.b64decode(e["stdout"]), base64.b64decode(e["stderr"])) for e in entries}
         with self._lock:
-            store = self._answers.setdefault(host, {})
-        for e in entries:
-            probe = Probe(e["command"], bool(e["as_root"]), int(e["timeout"]))
-            store[probe] = Answer(int(e["rc"]), base64.b64decode(e["stdout"]), base64.b64decode(e["stderr"]))
+            self._answers.setdefault(host, {}).update(loaded)
 
-    def export(self, host: Any) -> list[dict[str, Any]]:
-        """The user-level answers for ``host`` as JSON-able dicts (root's stay here)."""
+    def export(self, host: Any, wanted: Iterable[Probe]) -> list[dict[str, Any]]:
+        """The answers for ``host`` to the ``wanted`` user-level probes, as JSON-able dicts (root's
+        answers never leave this process)."""
+        keep = {p for p in wanted if not p.as_root}
+        with self._lock:
+            answers = dict(self._answers.get(host, {}))
         return [{"command": p.command, "as_root": p.as_root, "timeout": p.timeout, "rc": a.rc,
                  "stdout": base64.b64encode(a.stdout).decode(), "stderr": base64.b64encode(a.stderr).decode()}
-                for p, a in self._answers.get(host, {}).items() if not p.as_root]
-
-    def has(self, host: Any) -> bool:
-        return bool(self._answers.get(host))
+                for p, a in answers.items() if p in keep]
 
     def answer(self, host: Any, probe: Probe) -> Answer | None:
-        return self._answers.get(host, {}).get(probe)
+        with self._lock:
+            return self._answers.get(host, {}).get(probe)
 
     def asked(self, host: Any, probe: Probe) -> None:
         """``probe`` ran over SSH on its own (nobody declared it, or its answer did not come back)."""
@@ -148,7 +174,8 @@ class FactStore:
 
     def one_by_one(self, host: Any) -> list[str]:
         """The commands that ran on ``host`` outside the gathered facts, in order."""
-        return list(self._asked.get(host, []))
+        with self._lock:
+            return list(self._asked.get(host, []))
 
 
 #: The one store of this process (the check suite runs in its own process per run).

@@ -26,7 +26,7 @@ from typing import Any, Iterator, NamedTuple
 import pytest
 
 from nixgold.text import one_line as text_one_line
-from nixgold.verify.checks.facts import STORE, Probe, unique
+from nixgold.verify.checks.facts import STORE, Probe, unique, valid_probe
 from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,9 @@ class NixgoldMode(_Base):
         self.scope = scope  # "clone": per-clone checks only, "cross": checks across clones, "all"
         self.results: list[CheckResult] = []
         self.order: list[str] = []  # every check id of the suite, in suite order (before the scope)
-        self.probes: list[Probe] = []  # what the selected check modules declared, in their order
+        self.probes: list[Probe] = []  # what the check modules declared, in their order
+        self.cross_probes: list[Probe] = []  # what the modules of the checks across clones declared
+        self.warnings: list[str] = []  # for the user: declarations or gathering that did not work
         self.facts_in = facts or {}  # clone name -> answers gathered by an earlier run (FactStore.export)
         self.gather_seconds: dict[str, float] = {}
         self._pending: dict[str, dict[str, Any]] = {}
@@ -166,8 +168,8 @@ class NixgoldMode(_Base):
         return self._hosts[clone.name]
 
     def facts_out(self) -> dict[str, list[dict[str, Any]]]:
-        """The user-level answers gathered per clone, for a later run (the cross-clone checks)."""
-        return {name: STORE.export(host) for name, host in self._hosts.items()}
+        """Per clone, the user-level answers the checks of the cross run asked for (handed on to it)."""
+        return {name: STORE.export(host, self.cross_probes) for name, host in self._hosts.items()}
 
     def one_by_one(self) -> dict[str, list[str]]:
         """Per clone, the commands the checks ran outside the gathered facts."""
@@ -217,13 +219,15 @@ class NixgoldMode(_Base):
             check_id = check_meta(item)[0]
             if check_id not in self.order:
                 self.order.append(check_id)
+        # every module's probes, also those of checks another run makes: their answers are handed on
+        self.probes = module_probes(items, self.context, self.warnings)
+        self.cross_probes = module_probes([i for i in items if not per_clone(i)], self.context, [])
         if self.scope != "all":
-            keep = [i for i in items if ("clones" in getattr(i, "fixturenames", ())) == (self.scope == "cross")]
+            keep = [i for i in items if per_clone(i) == (self.scope == "clone")]
             deselected = [i for i in items if i not in keep]
             if deselected:
                 config.hook.pytest_deselected(items=deselected)
             items[:] = keep
-        self.probes = module_probes(items, self.context)
 
     def pytest_runtestloop(self, session: pytest.Session) -> None:
         """Before the first check: connect to each clone and gather its facts in one command (the
@@ -247,7 +251,8 @@ class NixgoldMode(_Base):
         except ConnectionError:
             return  # every check of this clone fails with the reason
         except Exception as exc:  # the checks then run their commands one by one
-            log.warning("gathering facts on %s failed (%s): the checks ask one by one", clone.name, describe(exc))
+            self.warnings.append(f"gathering the facts on {clone.name} failed ({describe(exc)}): its checks ran "
+                                 f"their commands one by one")
             return
         self.gather_seconds[clone.name] = time.monotonic() - t0
         log.debug("%s: %d of %d facts in %.1fs", clone.name, answered, len(self.probes), self.gather_seconds[clone.name])
@@ -341,8 +346,15 @@ class StandaloneMode(_Base):
         return self._clone_hosts()
 
 
-def module_probes(items: list[pytest.Item], ctx: CheckContext) -> list[Probe]:
-    """What the modules of ``items`` declare in ``probes(ctx)``, in module order, without repeats."""
+def per_clone(item: pytest.Item) -> bool:
+    """A check made once per clone (``clone`` parameter); the rest (``clones``, or neither) run once."""
+    return "clone" in (getattr(getattr(item, "callspec", None), "params", None) or {})
+
+
+def module_probes(items: list[pytest.Item], ctx: CheckContext, warnings: list[str]) -> list[Probe]:
+    """What the modules of ``items`` declare in ``probes(ctx)``, in module order, without repeats.
+    A declaration that fails or is not a valid Probe is left out (its checks ask one by one) and
+    said in ``warnings``."""
     probes: list[Probe] = []
     seen: set[int] = set()
     for item in items:
@@ -351,12 +363,18 @@ def module_probes(items: list[pytest.Item], ctx: CheckContext) -> list[Probe]:
         if module is None or id(module) in seen or not callable(declare):
             continue
         seen.add(id(module))
+        name = getattr(module, "__name__", "?").rsplit(".", 1)[-1]
         try:
             declared = list(declare(ctx))
-        except Exception as exc:  # its checks then ask one by one
-            log.warning("%s.probes() failed: %s", module.__name__, describe(exc))
+        except Exception as exc:
+            warnings.append(f"{name}.probes() failed ({describe(exc)}): its checks ran their commands one by one")
             continue
-        probes.extend(p for p in declared if isinstance(p, Probe))
+        for probe in declared:
+            problem = valid_probe(probe)
+            if problem is None:
+                probes.append(probe)
+            else:
+                warnings.append(f"{name}.probes(): left out a probe ({problem}): that command runs on its own")
     return unique(probes)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from nixgold.errors import ProxmoxError
+from nixgold.errors import ExitCode, NixgoldError, ProxmoxError
+from nixgold.signals import Cancelled
 from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
 
 CHECKS_DIR = Path(__file__).resolve().parent
@@ -37,8 +39,11 @@ SCOPES = ("clone", "cross", "all")
 _KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
 
 
-class CheckSuiteError(RuntimeError):
-    """pytest itself failed (usage or internal error): a bug, not a failed check."""
+class CheckSuiteError(NixgoldError):
+    """The check suite could not run to its end (pytest failed, the child died or ran out of
+    time): not a verdict on the template, and the report still says what ran."""
+
+    exit_code = ExitCode.INTERNAL
 
 
 @dataclass
@@ -75,6 +80,7 @@ class CheckRun:
     facts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     gather_seconds: dict[str, float] = field(default_factory=dict)  # clone name -> gathering its facts
     one_by_one: dict[str, list[str]] = field(default_factory=dict)  # clone name -> commands run outside them
+    warnings: list[str] = field(default_factory=list)  # for the user: probes left out, gathering that failed
 
 
 def pytest_args(extra_dirs: Sequence[Path] = ()) -> list[str]:
@@ -106,15 +112,18 @@ def _context_json(ctx: CheckContext, scope: str, facts: dict[str, list[dict[str,
 
 
 def run_checks(ctx: CheckContext, extra_dirs: Sequence[Path] = (), *, scope: str = "all",
-               timeout: float = 900.0, cancelled: Callable[[], bool] = lambda: False,
+               timeout: float = 1800.0, cancelled: Callable[[], bool] = lambda: False,
                facts: dict[str, list[dict[str, Any]]] | None = None) -> CheckRun:
     """Run the suite for ``ctx.clones`` in a child process; :class:`CheckRun` with its results.
 
     ``facts``: what earlier runs gathered (:attr:`CheckRun.facts`); the cross-clone checks answer
     from them without a new SSH connection.
 
-    ``cancelled`` is polled every 0.2 s: when it says so the child is stopped and KeyboardInterrupt
-    raised. A child that dies or outlives ``timeout`` is a :class:`CheckSuiteError`.
+    ``cancelled`` is polled every 0.2 s: when it says so the child is interrupted (SIGINT: pytest
+    stops, the child cleans up; killed 10 s later if it has not) and :class:`Cancelled` raised.
+    The child runs in its own session, so a Ctrl-C at the terminal reaches only us, and its
+    temporary files live in our temporary directory. A child that dies or outlives ``timeout`` is
+    a :class:`CheckSuiteError`.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -124,31 +133,37 @@ def run_checks(ctx: CheckContext, extra_dirs: Sequence[Path] = (), *, scope: str
         with os.fdopen(fd, "w") as fh:
             json.dump(_context_json(ctx, scope, facts or {}), fh, default=str)
         results_file = Path(tmp) / "results.json"
+        output_file = Path(tmp) / "output.txt"
+        (Path(tmp) / "tmp").mkdir()
         env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
         env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the child's environment, not ours
+        env["TMPDIR"] = str(Path(tmp) / "tmp")
         argv = [sys.executable, "-m", "nixgold.verify.checks.runner", str(context_file), str(results_file),
                 *map(str, extra_dirs)]
-        with subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace") as child:
+        with open(output_file, "w") as output, \
+                subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=output,
+                                 stderr=subprocess.STDOUT, start_new_session=True) as child:
             deadline = time.monotonic() + timeout
-            while child.poll() is None:
-                if cancelled() or time.monotonic() > deadline:
-                    child.terminate()
-                    try:
-                        child.wait(10)
-                    except subprocess.TimeoutExpired:
-                        child.kill()
-                    if cancelled():
-                        raise KeyboardInterrupt("check suite cancelled")
-                    raise CheckSuiteError(f"the check suite did not finish within {timeout:.0f}s")
+            while child.poll() is None and not cancelled() and time.monotonic() < deadline:
                 time.sleep(0.2)
-            output = child.stdout.read() if child.stdout else ""
+            timed_out = child.poll() is None and not cancelled()
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+            if cancelled():
+                raise Cancelled("check suite cancelled")
+        if timed_out:
+            raise CheckSuiteError(f"the check suite did not finish within {timeout:.0f}s")
         if child.returncode != 0 or not results_file.exists():
-            tail = "\n".join(output.strip().splitlines()[-15:])
+            tail = "\n".join(output_file.read_text(errors="replace").strip().splitlines()[-15:])
             raise CheckSuiteError(f"the check suite could not run (exit {child.returncode}):\n{tail}")
         data = json.loads(results_file.read_text())
     return CheckRun([CheckResult(**r) for r in data["results"]], list(data["order"]), data["facts"],
-                    data["gather_seconds"], data["one_by_one"])
+                    data["gather_seconds"], data["one_by_one"], data["warnings"])
 
 
 # --- the child side ------------------------------------------------------------------------------
@@ -167,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from nixgold.verify.checks.plugin import NixgoldMode
 
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped from outside: clean up like Ctrl-C
     args = list(sys.argv[1:] if argv is None else argv)
     context_file, results_file, extra = Path(args[0]), Path(args[1]), [Path(a) for a in args[2:]]
     ctx, scope, facts = _load_context(context_file)
@@ -181,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fd = os.open(results_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump({"results": [dataclasses.asdict(r) for r in plugin.results], "order": plugin.order,
-                   "facts": gathered, "gather_seconds": plugin.gather_seconds, "one_by_one": one_by_one}, fh)
+                   "facts": gathered, "gather_seconds": plugin.gather_seconds, "one_by_one": one_by_one,
+                   "warnings": plugin.warnings}, fh)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 
 from nixgold.verify.checks.facts import Probe
@@ -24,23 +26,26 @@ def _gib(n: int) -> str:
 
 def root_disk(host) -> tuple[str, int]:
     """(device, size in bytes) of the whole disk that holds the root file system (the root
-    device's parent, or the device itself when it has none)."""
+    device's parent, or the device itself when it has none). From the one listing of every block
+    device when findmnt names the device as lsblk does; else lsblk is asked about that name (a
+    /dev/disk/by-* link, a /dev/mapper name it resolves)."""
     source = run(host, ROOT_SOURCE)
     assert source.rc == 0 and source.stdout.strip(), f"cannot find the root device ({failure(source)})"
     device = source.stdout.strip().splitlines()[0]
     listing = run(host, BLOCK_DEVICES)
-    assert listing.rc == 0, f"cannot list the block devices ({failure(listing)})"
     devices: dict[str, tuple[str, str]] = {}
-    for line in listing.stdout.splitlines():
+    for line in listing.stdout.splitlines() if listing.rc == 0 else ():
         fields = line.split(" ")
         if len(fields) == 3:
             devices.setdefault(fields[0], (fields[1], fields[2]))
-    parent = devices.get(device, ("", ""))[0]
-    disk = parent or device
-    size = devices.get(disk, ("", ""))[1]
-    listed = "it without a size" if disk in devices else "no such device"
-    assert size.isdigit(), f"cannot read the size of {disk} (lsblk lists {listed})"
-    return disk, int(size)
+    disk = (devices[device][0] or device) if device in devices else ""
+    if disk in devices and devices[disk][1].isdigit():
+        return disk, int(devices[disk][1])
+    parent = run(host, f"lsblk -ndo PKNAME {shlex.quote(device)}").stdout.strip()
+    disk = f"/dev/{parent}" if parent else device
+    size = run(host, f"lsblk -bdno SIZE {shlex.quote(disk)}")
+    assert size.rc == 0 and size.stdout.strip().isdigit(), f"cannot read the size of {disk} ({failure(size)})"
+    return disk, int(size.stdout.strip())
 
 
 @pytest.mark.check("disk.size", "the boot disk has the size Proxmox gave it (the resize reached the guest)")

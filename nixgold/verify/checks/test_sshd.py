@@ -25,13 +25,27 @@ def probes(ctx):
             Probe(sshd_dump(ctx.ciuser)), Probe(sshd_dump("root"))]
 
 
-def listens_on(ss_output: str, port: int) -> bool:
-    """Whether ``ss -Htln`` lists a socket on ``port`` (any address: ``0.0.0.0:22``, ``[::]:22``, ``*:22``)."""
+def listening_addresses(ss_output: str, port: int) -> set[str]:
+    """The addresses ``ss -Htln`` lists a listening socket on ``port`` for (``*`` counts as both
+    ``::`` and ``0.0.0.0``; ``[...]`` dropped), as testinfra 10's LinuxSocketSS reads ``ss``."""
+    found: set[str] = set()
     for line in ss_output.splitlines():
         fields = line.split()
-        if len(fields) >= 4 and fields[3].rsplit(":", 1)[-1] == str(port):
-            return True
-    return False
+        if len(fields) < 5 or fields[0] != "LISTEN" or ":" not in fields[3]:
+            continue
+        address, _, number = fields[3].rpartition(":")
+        if not number.isdigit() or int(number) != port:
+            continue
+        if address.startswith("[") and address.endswith("]"):
+            address = address[1:-1]
+        found |= {"::", "0.0.0.0"} if address == "*" else {address}
+    return found
+
+
+def listens_everywhere(ss_output: str, port: int) -> bool:
+    """testinfra's ``host.socket("tcp://PORT").is_listening`` (modules/socket.py): a socket on
+    every IPv6 address (``::``, which takes IPv4 too unless v6only), the rule the check kept."""
+    return "::" in listening_addresses(ss_output, port)
 
 
 @pytest.mark.check("sshd.service", "sshd is enabled, running and listening on port 22")
@@ -44,7 +58,10 @@ def test_sshd_enabled_running_listening(host):
     assert service_problem is None, service_problem
     listening = run(host, LISTENING)
     assert listening.rc == 0, f"cannot list the listening sockets ({failure(listening)})"
-    assert listens_on(listening.stdout, 22), "nothing listens on TCP port 22"
+    addresses = listening_addresses(listening.stdout, 22)
+    assert addresses, "nothing listens on TCP port 22"
+    assert listens_everywhere(listening.stdout, 22), \
+        f"TCP port 22 is listened on only at {', '.join(sorted(addresses))}, not on every address ([::]:22)"
 
 
 def offered_methods(address: str, port: int, user: str, timeout: float = 15.0) -> list[str] | None:
