@@ -12,7 +12,7 @@ set -Eeuo pipefail
 
 readonly SCRIPT_NAME=nixgold-cleanup
 readonly FAILED_WHAT=CLEANUP
-readonly STEPS_TOTAL=8
+readonly STEPS_TOTAL=9
 readonly TEST_ROOT="${NIXGOLD_TEST_ROOT:-}"
 # Packer shows what the script prints; nothing is left behind in a log file.
 readonly LOG_FILE=""
@@ -132,6 +132,13 @@ main() {
   # Truncated, not deleted: systemd writes a fresh id into the empty file at boot, and
   # the file must exist for the early-boot mount of /etc/machine-id.
   : >"${TEST_ROOT}/etc/machine-id"
+
+  step "drop the random seed (each clone seeds from its own boot)"
+  # systemd-random-seed.service saves a new seed when it stops (ExecStop=systemd-random-seed save,
+  # Conflicts=shutdown.target: systemd units/systemd-random-seed.service.in), so a file deleted
+  # now would be written again by Packer's shutdown and shared by every clone. Stopping the
+  # service first saves once; the rm then leaves nothing for the template.
+  run systemctl stop systemd-random-seed.service
   rm -f "${TEST_ROOT}/var/lib/systemd/random-seed"
 
   step "remove root's build key"

@@ -568,6 +568,9 @@ cp "$src" "$dest"
     "reboot": "",
     # cleanup.sh
     "nixos-rebuild": "", "nix-collect-garbage": "", "cloud-init": "", "fstrim": "",
+    # like systemd: stopping systemd-random-seed.service saves a seed (its ExecStop), so the file
+    # is gone at the end only when the script stops the service before it removes the file
+    "systemctl": r'if [[ $* == "stop systemd-random-seed.service" ]]; then echo saved >"$NIXGOLD_TEST_ROOT/var/lib/systemd/random-seed"; fi',
 }
 # Real tools the scripts may use; anything else is "command not found".
 ALLOWED_REAL = ("bash", "date", "mkdir", "install", "cp", "rm", "cat", "sha256sum", "cut", "wc", "mktemp", "sleep",
@@ -887,7 +890,7 @@ def test_cleanup_sh_happy_path(root_login: str, tmp_path: Path) -> None:
                      via_stdin=False)
     assert run.proc.returncode == 0, run.proc.stderr
     expected = (["nixos-rebuild"] if with_override else []) + [
-        "nix-collect-garbage", "switch-to-configuration", "cloud-init", "fstrim", "sync"]
+        "nix-collect-garbage", "switch-to-configuration", "cloud-init", "systemctl", "fstrim", "sync"]
     assert run.names == expected
     calls = {c[0]: c[1:] for c in run.calls}
     if with_override:
@@ -895,7 +898,10 @@ def test_cleanup_sh_happy_path(root_login: str, tmp_path: Path) -> None:
     assert calls["nix-collect-garbage"] == ["-d"]
     assert calls["cloud-init"] == ["clean", "--logs", "--seed"]
     assert calls["fstrim"] == ["-av"]
+    # the seed service is stopped (it saves on stop) before the seed goes: shutdown writes none
+    assert calls["systemctl"] == ["stop", "systemd-random-seed.service"]
     root = run.root
+    assert not (root / "var/lib/systemd/random-seed").exists()
     assert not (root / "etc/nixos" / BUILD_OVERRIDE_NIX).exists()
     assert (root / "etc/nixos/configuration.nix").exists()
     assert not list((root / "etc/ssh").glob("ssh_host_*"))
