@@ -66,10 +66,11 @@
       # cc_ssh writes each clone's PVE sshkeys to root's authorized_keys as well. True: root's
       # copy gets cloud-init's "please log in as <user>" forced command instead.
       disable_root = true;
-      # cc_ssh runs in the config stage, after sshd-keygen and sshd have started; deleting
-      # and regenerating host keys there (ssh_deletekeys defaults to true) changes the host
-      # key under the first client. cleanup.sh already deleted the build VM's keys, and
-      # sshd-keygen makes services.openssh.hostKeys on each clone's first boot.
+      # cc_ssh runs in the config stage, usually after sshd has started; deleting and
+      # regenerating host keys there (ssh_deletekeys defaults to true) changes the host key
+      # under the first client. cleanup.sh already deleted the build VM's keys, and NixOS makes
+      # services.openssh.hostKeys on each clone's first boot (sshd.nix: sshd's preStart up to
+      # 25.05, the sshd-keygen unit after).
       ssh_deletekeys = false;
       ssh_genkeytypes = [ ];
     };
@@ -88,8 +89,9 @@
     };
   };
 
-  # /etc/sudoers is a read-only store link; cloud-init writes the default user's rule to
-  # /etc/sudoers.d, which NixOS does not read unless included.
+  # NixOS writes /etc/sudoers from security.sudo (sudo.nix: configFile, checked by visudo,
+  # mode 0440) with no includedir; cloud-init writes the default user's rule to
+  # /etc/sudoers.d, which sudo then reads.
   security.sudo.extraConfig = ''
     @includedir /etc/sudoers.d
   '';

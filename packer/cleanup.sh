@@ -129,8 +129,8 @@ main() {
   rm -f "${TEST_ROOT}"/etc/ssh/ssh_host_*
 
   step "empty /etc/machine-id (clones generate their own; shared ids mean shared DHCP leases)"
-  # Truncated, not deleted: systemd writes a fresh id into the empty file at boot, and
-  # the file must exist for the early-boot mount of /etc/machine-id.
+  # Truncated, not deleted: systemd writes a fresh id into the empty file at the next boot
+  # (machine-id-setup.c: an empty /etc/machine-id; on QEMU from the VM's UUID, new per clone).
   : >"${TEST_ROOT}/etc/machine-id"
 
   step "drop the random seed (each clone seeds from its own boot)"
