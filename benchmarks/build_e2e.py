@@ -42,7 +42,7 @@ def main() -> int:
     from nixgold.units import duration_seconds
     from nixgold.config.load import load_config
     from nixgold.render.boot_command import boot_command
-    from tests.test_build_e2e import STANDIN, build_env, upload_iso, write_config
+    from tests.test_build_e2e import build_env, standin_overlay, upload_iso, write_config
     from tests.testbed.bed import Testbed
     from tests.testbed.images.installer_iso import build_installer_iso
 
@@ -65,7 +65,8 @@ def main() -> int:
         if args.verify:
             argv.append("--verify")
         t0 = time.monotonic()
-        result = subprocess.run(argv, env=build_env(bed, config, STANDIN), cwd=work, capture_output=True, text=True,
+        overlay = standin_overlay(config, work / "standin")  # the stand-in's guest files for this config
+        result = subprocess.run(argv, env=build_env(bed, config, overlay), cwd=work, capture_output=True, text=True,
                                 timeout=7200)
         wall = time.monotonic() - t0
         if result.returncode != 0:

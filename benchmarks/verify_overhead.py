@@ -44,7 +44,7 @@ def boot_floor(bed: object, count: int = 1) -> tuple[float, float]:
 
     from nixgold.verify import keys as sshkeys
     from nixgold.config.credentials import Credentials
-    from nixgold.proxmox.vms import CloneJob
+    from nixgold.proxmox.vms import CloneJob, run_clone
     from nixgold.proxmox.client import ProxmoxClient
     from nixgold.proxmox.agent import agent_addresses
     from nixgold.verify.clones import ssh_login
@@ -59,7 +59,7 @@ def boot_floor(bed: object, count: int = 1) -> tuple[float, float]:
         jobs = []
         try:
             for i in range(count):
-                jobs.append(client.run_clone(CloneJob("pve", 9004, f"bench-floor-{i + 1}"), timeout=600))
+                jobs.append(run_clone(client, CloneJob("pve", 9004, f"bench-floor-{i + 1}"), timeout=600))
                 client.set_config("pve", jobs[-1].vmid, ciuser="nixgold", sshkeys=[key.public_key],
                                   ipconfig0="ip=dhcp", ciupgrade=False)
 
