@@ -166,7 +166,8 @@ def run_clone(client: ProxmoxClient, job: CloneJob, *, timeout: float, allocate:
     * the source is locked (``VM is locked (backup)``): wait for the lock, bounded by ``lock_wait``;
     * the clone task fails on a lock timeout (``can't lock file ... got timeout``): PVE cleaned up,
       so retry after a backoff, at most 3 times, then fail naming the lock;
-    * ``linked_fallback``: PVE refuses a linked clone (storage without snapshots) -> full clone.
+    * ``linked_fallback``: PVE refuses a linked clone (storage without snapshots) -> full clone;
+    * the clone inherits a protected template's ``protection`` flag: removed (a throwaway).
 
     Any other error (a 500 from the POST, a failed task) is raised as is: not retried blindly.
     """
@@ -223,4 +224,8 @@ def run_clone(client: ProxmoxClient, job: CloneJob, *, timeout: float, allocate:
             raise ProxmoxError(f"cloning {job.source} to {job.vmid} failed: {exc}") from None
         job.upid = None
         job.done = True
+        # PVE copies a template's protection flag into its clones (qemu-server Qemu.pm clone_vm: "copy
+        # everything else"); a clone nixgold makes is a throwaway that its cleanup must be able to destroy.
+        if str(client.vm_config(job.node, job.vmid).get("protection") or "0") in ("1", "true"):
+            client.set_config(job.node, job.vmid, delete="protection")
         return job
