@@ -288,3 +288,23 @@ def test_the_tasks_are_listed_with_their_flags():
                                check=True).stdout
     for flag in ("--force", "--keep-on-error", "--update-lock", "--json"):
         assert flag in help_text
+
+
+def test_the_candidate_is_the_users_config_placed_elsewhere_with_the_users_hash():
+    from nixgold.refresh.producer import candidate_config
+    from nixgold.render.files import prepare_inputs, render_files
+
+    user = config()
+    candidate = candidate_config(user, 9006, "20261201T010203Z-abcdef")
+    assert (candidate.template.vmid, candidate.template.tags) == (9006, ("nixgold-candidate",))
+    assert candidate.template.name == "nixos-golden-candidate-20261201t010203z-abcdef"
+    assert candidate.config_hash() == user.config_hash() and candidate.to_dict() != user.to_dict()
+
+    def files(c: Config) -> dict[str, str]:
+        return {f.path: f.content for f in render_files(prepare_inputs(c, dialect="bundled", lock=None,
+                                                                       require_iso=False))}
+
+    mine, theirs = files(candidate), files(user)
+    assert mine["http/configuration.nix"] == theirs["http/configuration.nix"]  # a stand-in overlay fits both
+    assert mine["http/install.sh"] == theirs["http/install.sh"] and mine["packer/nixgold.pkr.hcl"] != theirs[
+        "packer/nixgold.pkr.hcl"]

@@ -155,6 +155,9 @@ class Config:
     verify: VerifySettings = field(default_factory=VerifySettings)
     refresh: RefreshSettings = field(default_factory=RefreshSettings)
     source: str | None = field(default=None, compare=False)  # path of the file, for messages
+    #: The refresh builds its candidate from the user's config placed elsewhere (a staging vmid, another
+    #: name and tag): the candidate's files and manifest carry the hash of the config the user wrote.
+    origin_hash: str | None = field(default=None, compare=False)
 
     @property
     def channel(self) -> str:
@@ -164,9 +167,12 @@ class Config:
         """Plain data (no secrets live in Config), used for hashing and `invoke config`."""
         data = dataclasses.asdict(self)
         data.pop("source")
+        data.pop("origin_hash")
         return _jsonable(data)
 
     def config_hash(self) -> str:
+        if self.origin_hash:
+            return self.origin_hash
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -51,6 +51,7 @@ def image_config(config: Config) -> Config:
         verify=VerifySettings(),
         refresh=RefreshSettings(),
         source=None,
+        origin_hash=None,
     )
 
 

@@ -61,7 +61,9 @@ Producer = Callable[[CandidateRequest], Produced]
 
 
 def candidate_config(config: Config, vmid: int, refresh_id: str) -> Config:
-    return dataclasses.replace(config, template=dataclasses.replace(
+    """The user's config placed at ``vmid`` under the candidate's name and tag; its hash stays the user's
+    (so the rendered guest files are the very ones `invoke render` gives for the user's config)."""
+    return dataclasses.replace(config, origin_hash=config.config_hash(), template=dataclasses.replace(
         config.template, vmid=vmid, name=candidate_name(config.template.name, refresh_id), tags=(CANDIDATE_TAG,)))
 
 
