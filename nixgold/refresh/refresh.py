@@ -79,7 +79,7 @@ from nixgold.refresh.state import (
     read_vm,
     scan,
 )
-from nixgold.refresh.swap import Promotion, SwapContext, destroy, plan_promotion, promote, resume, write
+from nixgold.refresh.swap import Promotion, SwapContext, destroy, plan_promotion, promote, resume, settle, write
 from nixgold.render.manifest import NIXGOLD_TAG
 from nixgold.secrets import Redactor
 from nixgold.signals import Cancel, Cancelled, handle_signals
@@ -457,7 +457,12 @@ class Refresher:
                                    refresh_id=self.refresh_id, input_digest=digest.sha256, creds=self.creds,
                                    progress=self.progress, out=self.out, env=self.env, redactor=self.redactor,
                                    cancel=self.cancel)
-        produced = producer(request)
+        try:
+            produced = producer(request)
+        except (NixgoldError, Cancelled):
+            raise
+        except Exception as exc:  # a producer is code of its own: its failure is the build's
+            raise BuildError(f"{type(exc).__name__}: {exc}", stage="producing the candidate") from exc
         vm = read_vm(self.client, produced.vmid, produced.node)
         if vm is None or not vm.is_template or vm.build_id != produced.build_id:
             raise BuildError(f"the build reported template {produced.vmid} (build {produced.build_id}), but the "
@@ -560,7 +565,8 @@ class Refresher:
             for kept in outcome.kept:
                 self.say(f"retention: kept {kept['vmid']} '{kept['name']}': {kept['why']}")
             if outcome.problems:
-                raise ProxmoxError("retention: " + "; ".join(outcome.problems))
+                raise ProxmoxError(f"template {self.config.template.vmid} is in place, but retention failed (the next "
+                                   f"run tries again): " + "; ".join(outcome.problems))
 
     # -- rollback ---------------------------------------------------------------------------------
     def rollback(self, options: RollbackOptions) -> RefreshResult:
@@ -621,7 +627,7 @@ class Refresher:
         plan = source.promotion or {}
         old = plan.get("old") or {}
         target = self.config.template.vmid
-        there = read_vm(self.client, target, self.config.proxmox.node)
+        there = settle(self.swap, target)
         if there is not None and there.role == PROMOTED and there.build_id == source.build_id and there.step == DONE:
             resume(self.swap, source)  # it was complete: finish, then roll back like after any promotion
             return ""

@@ -262,6 +262,7 @@ def ensure_archive(ctx: SwapContext, old: VmState, vmid: int) -> VmState:
         ctx.say(f"archive {vmid} of an earlier attempt is incomplete ({there.step}): removing it and copying again")
         destroy(ctx, there)
     t0 = time.monotonic()
+    ctx.say(f"archiving {old.describe()} as {vmid} (a full copy)")
     manifest = {**(old.manifest or {}), REFRESH_KEY: archive_record(ctx, old, step=COPYING)}
     copy = copy_into(ctx, old, vmid, name=archive_name(ctx.config.template.name, old.build_id), manifest=manifest,
                      role=ARCHIVE)
