@@ -45,6 +45,8 @@ def manifest(build_id: str, **record: Any) -> str:
 
 
 def vm(vmid: int, build_id: str = "b", *, template: bool = True, protection: bool = False, **record: Any) -> VmState:
+    if record:
+        record.setdefault("vmid", vmid)
     cfg: dict[str, Any] = {"name": f"vm-{vmid}", "description": manifest(build_id, **record),
                            "scsi0": f"local:{vmid}/base-{vmid}-disk-0.qcow2,size=2G"}
     if template:
@@ -133,6 +135,10 @@ def test_owner_of_knows_the_refresh_kinds_and_keeps_the_others():
     assert owner_of({"name": build_vm_name("x", "20261201T010203Z-abcdef")}) == Owner("build", "20261201t010203z-abcdef")
     assert owner_of({"description": f"... {verify_marker('0123456789ab')} ..."}) == Owner("verify", "0123456789ab")
     assert owner_of({"description": "a VM someone made"}) is None
+    # PVE copies descriptions into clones: a record names the vmid it was written for
+    ours = {"description": manifest("B1", role="archive", id="R2", vmid=9010)}
+    assert owner_of(ours, vmid=9010) == Owner("archive", "r2") and owner_of(ours, vmid=9411) is None
+    assert VmState(9411, "pve", ours).role is None and VmState(9010, "pve", ours).role == "archive"
 
 
 def test_linked_clones_are_found_for_directory_and_block_storages():

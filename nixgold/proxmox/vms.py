@@ -53,8 +53,11 @@ def verify_marker(run_id: str) -> str:
     return f"nixgold verify (run {run_id})"
 
 
-def owner_of(config: dict[str, Any]) -> Owner | None:
-    """Which nixgold run made this VM, from the id its config carries; None: not nixgold's."""
+def owner_of(config: dict[str, Any], vmid: int | None = None) -> Owner | None:
+    """Which nixgold run made this VM, from the id its config carries; None: not nixgold's.
+
+    ``vmid``: the VM's id. A refresh record names the vmid it was written for; PVE copies descriptions
+    into clones, so a record naming another vmid is a copy's: such a VM is none of the refresh's."""
     m = BUILD_VM_RE.search(str(config.get("name") or ""))
     if m:
         return Owner("build", m.group(1))
@@ -71,6 +74,8 @@ def owner_of(config: dict[str, Any]) -> Owner | None:
         return None
     record = data.get(REFRESH_KEY)
     if isinstance(record, dict) and record.get("role") in REFRESH_KINDS and record.get("id"):
+        if vmid is not None and record.get("vmid") != vmid:
+            return None
         return Owner(str(record["role"]), str(record["id"]).lower())
     build_id = data.get("build_id")
     return Owner("build", (build_id if isinstance(build_id, str) and build_id != "unknown" else "").lower())

@@ -55,7 +55,7 @@ from nixgold.errors import (
 )
 from nixgold.progress import Progress
 from nixgold.proxmox.client import ProxmoxClient
-from nixgold.proxmox.vms import linked_clone_map, split_tags
+from nixgold.proxmox.vms import BUILD_VM_RE, linked_clone_map, split_tags
 from nixgold.refresh.digest import Digest, input_digest
 from nixgold.refresh.lock import ClusterLock, LocalLock
 from nixgold.refresh.producer import CandidateRequest, Producer, candidate_config, producer_from_env
@@ -251,10 +251,10 @@ class Refresher:
             ph.detail = f"digest {digest.short}; " + ("up to date" if fresh else why)
             if leftovers:
                 ph.detail += "; left behind: " + "; ".join(leftovers)
-        if fresh and not leftovers:
+        if fresh and not leftovers and options.update_lock is None:
             self._describe_promoted(view)
             result.finish("up-to-date", why)
-            return
+            return  # (with --update-lock the digest is only known once `invoke lock` ran, under the lock)
         self.check_cancel("before taking the lock; nothing was changed")
         with self.phase("lock", f"local lock and marker VM {self.config.refresh.lock_vmid}") as ph:
             self._lock(options.update_lock)
@@ -360,7 +360,7 @@ class Refresher:
             vm = view.at(vmid)
             if vm is None or (lock_id and vm.refresh_id == lock_id) or vm.role in (PROMOTED, ARCHIVE):
                 continue
-            if vm.role == CANDIDATE or (vm.owner is not None and vm.owner.kind == "build" and not vm.is_template):
+            if vm.role == CANDIDATE or (not vm.is_template and BUILD_VM_RE.search(vm.name)):
                 found.append(f"{vm.describe()}")
         found += [f"the unfinished archive {a.vmid}" for a in view.archives if a.step != ARCHIVED]
         complete = [a for a in view.archives if a.step == ARCHIVED]
@@ -400,7 +400,7 @@ class Refresher:
                 self.say(f"{vm.vmid} is being created or copied (lock {vm.locked}) by a task that is still running; "
                          f"leaving it")
             elif vm.owner is not None and vm.owner.kind == "build" and not vm.role \
-                    and (not vm.is_template or (dead and vm.owner.id == dead)):
+                    and ((not vm.is_template and BUILD_VM_RE.search(vm.name)) or (dead and vm.owner.id == dead)):
                 self._remove_verify_clones(vm)
                 self._remove(vm, f"the build VM of a stopped run (build {vm.owner.id or '?'}; the staging vmids are "
                                  f"the refresh's)")
@@ -467,7 +467,8 @@ class Refresher:
         if vm is None or not vm.is_template or vm.build_id != produced.build_id:
             raise BuildError(f"the build reported template {produced.vmid} (build {produced.build_id}), but the "
                              f"cluster has {vm.describe() if vm else 'nothing'} there", stage="checking the candidate")
-        record = {"role": CANDIDATE, "id": self.refresh_id.lower(), "of": self.config.template.vmid, "step": BUILT,
+        record = {"role": CANDIDATE, "id": self.refresh_id.lower(), "of": self.config.template.vmid, "vmid": vm.vmid,
+                  "step": BUILT,
                   "input_digest": digest.sha256, "built_at": now_iso(), "test_producer": spec}
         return write(self.swap, vm, record={k: v for k, v in record.items() if v is not None},
                      tags=f"{NIXGOLD_TAG};{CANDIDATE_TAG}")

@@ -11,6 +11,9 @@ Each VM a refresh makes carries a record in its manifest (the JSON description),
   ``{"role": "promoted", "id": <refresh that promoted it>, "of": ..., "step": "placing" | "done",
   "input_digest": ..., "verification": {...}, "replaced": {...}, "promoted_at": ...}``.
 
+Every record names the vmid it was written for (``"vmid"``): PVE copies a description into clones, so a
+record naming another vmid is a copy's and the VM is not the refresh's.
+
 A promotion in flight is written on its *source* (the candidate, or the archive ``invoke rollback``
 restores) before each step is taken: ``"promotion": {"step": "archiving" | "swapping" | "placed",
 "mode": "swap" | "by-name", "by": <refresh id>, "target": <vmid>, "old": {...}, "archive_vmid": ...}``.
@@ -96,12 +99,14 @@ class VmState:
 
     @property
     def owner(self) -> Owner | None:
-        return owner_of(self.config)
+        return owner_of(self.config, vmid=self.vmid)
 
     @property
     def record(self) -> dict[str, Any]:
+        """The refresh record, if it was written for this VM: PVE copies the description into clones, so a
+        record naming another vmid is a copy's (a consumer's clone of ours) and means nothing here."""
         rec = (self.manifest or {}).get(REFRESH_KEY)
-        return rec if isinstance(rec, dict) else {}
+        return rec if isinstance(rec, dict) and rec.get("vmid") == self.vmid else {}
 
     @property
     def role(self) -> str | None:

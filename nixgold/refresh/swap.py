@@ -247,9 +247,9 @@ def copy_problems(source: dict[str, Any], copy: dict[str, Any]) -> list[str]:
 
 
 # --- archive ------------------------------------------------------------------------------------
-def archive_record(ctx: SwapContext, old: VmState, *, step: str, in_place: bool = False) -> dict[str, Any]:
+def archive_record(ctx: SwapContext, old: VmState, *, vmid: int, step: str, in_place: bool = False) -> dict[str, Any]:
     carried = {k: old.record[k] for k in ("input_digest", "verification", "promoted_at", "replaced") if k in old.record}
-    return {**carried, "role": ARCHIVE, "id": ctx.refresh_id.lower(), "of": ctx.target, "step": step,
+    return {**carried, "role": ARCHIVE, "id": ctx.refresh_id.lower(), "of": ctx.target, "vmid": vmid, "step": step,
             "archived_at": now_iso(), "from_vmid": old.vmid, "in_place": in_place or None, "promotion": None}
 
 
@@ -263,7 +263,7 @@ def ensure_archive(ctx: SwapContext, old: VmState, vmid: int) -> VmState:
         destroy(ctx, there)
     t0 = time.monotonic()
     ctx.say(f"archiving {old.describe()} as {vmid} (a full copy)")
-    manifest = {**(old.manifest or {}), REFRESH_KEY: archive_record(ctx, old, step=COPYING)}
+    manifest = {**(old.manifest or {}), REFRESH_KEY: archive_record(ctx, old, vmid=vmid, step=COPYING)}
     copy = copy_into(ctx, old, vmid, name=archive_name(ctx.config.template.name, old.build_id), manifest=manifest,
                      role=ARCHIVE)
     copy = make_template(ctx, copy)
@@ -310,12 +310,14 @@ def plan_promotion(ctx: SwapContext, view: View, source: VmState, *, extra: dict
             plan["archive_vmid"] = archive_vmid
         return plan
     if ctx.config.refresh.on_linked_clones != "promote-by-name":
+        unpin = "(`qm destroy` or full-clone the linked clones: `qm clone <vmid> <new> --full`)"
+        then = (f"The verified candidate stays staged as {source.describe()}; once nothing pins the template "
+                f"{unpin}, `invoke refresh` promotes it without building again" if source.role != ARCHIVE else
+                f"Nothing was changed; once nothing pins the template {unpin}, run `invoke rollback` again")
         raise NotPromoted(
-            f"not promoted: {blocker}. The verified candidate stays staged as {source.describe()}; once nothing "
-            f"pins the template (`qm destroy` or full-clone the linked clones: `qm clone <vmid> <new> --full`), "
-            f"`invoke refresh` promotes it without building again. Or set refresh.on_linked_clones = "
-            f"\"promote-by-name\": the old template stays where it is, renamed into an archive, and "
-            f"{source.vmid} takes the name '{ctx.config.template.name}' and its tags")
+            f"not promoted: {blocker}. {then}. Or set refresh.on_linked_clones = \"promote-by-name\": the old "
+            f"template stays where it is, renamed into an archive, and {source.vmid} takes the name "
+            f"'{ctx.config.template.name}' and its tags")
     ctx.say(f"{blocker}; refresh.on_linked_clones = promote-by-name: renaming in place instead")
     plan["mode"] = "by-name"
     plan["step"] = SWAPPING
@@ -327,7 +329,7 @@ def promoted_manifest(ctx: SwapContext, source: VmState, plan: dict[str, Any], *
     manifest = {**(source.manifest or {}), "template_vmid": vmid, "template_name": ctx.config.template.name}
     old = plan.get("old")
     record: dict[str, Any] = {
-        "role": PROMOTED, "id": ctx.refresh_id.lower(), "of": ctx.target, "step": step,
+        "role": PROMOTED, "id": ctx.refresh_id.lower(), "of": ctx.target, "vmid": vmid, "step": step,
         "input_digest": source.digest, "verification": source.verification or None,
         "promoted_at": now_iso(), "from_vmid": source.vmid,
         "replaced": ({"build_id": old.get("build_id"), "vmid": old.get("vmid"), "archive_vmid": plan.get("archive_vmid"),
@@ -464,7 +466,7 @@ def _by_name(ctx: SwapContext, source: VmState, plan: dict[str, Any], result: Pr
     if old_rec:
         old = read_vm(ctx.client, old_rec["vmid"], ctx.node)
         if old is not None and old.build_id == old_rec.get("build_id") and old.role != ARCHIVE:
-            write(ctx, old, record=archive_record(ctx, old, step=ARCHIVED, in_place=True),
+            write(ctx, old, record=archive_record(ctx, old, vmid=old.vmid, step=ARCHIVED, in_place=True),
                   name=archive_name(ctx.config.template.name, old.build_id), tags=f"{NIXGOLD_TAG};{ARCHIVE_TAG}",
                   delete="protection")
             ctx.say(f"renamed {old_rec['vmid']} in place into an archive ('{archive_name(ctx.config.template.name, old.build_id)}')")
