@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from nixgold.proxmox.vms import build_vm_name
 from nixgold.refresh.producer import CandidateRequest, Produced
@@ -63,3 +64,29 @@ def standin(request: CandidateRequest) -> Produced:
         node.qemu(vmid).config.put(name=config.template.name)
     request.progress.line(f"build (test seam): template {vmid} '{config.template.name}' ready")
     return Produced(vmid=vmid, node=bed.node, name=config.template.name, build_id=request.refresh_id)
+
+
+SEEDED_VERIFICATION = {"outcome": "passed", "checks": 34, "passed": 29, "at": "2026-01-01T00:00:00Z",
+                       "note": "seeded by the test bed, not verified here"}
+
+
+def seed_promoted(bed: Any, vmid: int, name: str, *, build_id: str, tags: str, digest: str = "0" * 64,
+                  archive: tuple[int, str] | None = None) -> None:
+    """What a first refresh (and, with ``archive`` = (vmid, build id), one before it) leaves: the ``good``
+    stand-in at ``vmid`` as the promoted, protected template with a passed verification recorded, so
+    tests and benchmarks start from a promoted template without spending a verify on it."""
+    from tests.testbed.bed import default_manifest
+
+    def put(at: int, vm_name: str, build: str, record: dict[str, Any], vm_tags: str, protection: int) -> None:
+        manifest = {**default_manifest(at, vm_name, "good", None), "build_id": build, "refresh": record}
+        bed.import_variant("good", at, name=vm_name, description=json.dumps(manifest, separators=(",", ":")))
+        with bed.enter():
+            bed.root_api().nodes(bed.node).qemu(at).config.put(tags=vm_tags, protection=protection)
+
+    if archive is not None:
+        put(archive[0], f"{name}-{archive[1]}", archive[1],
+            {"role": "archive", "id": "seed", "of": vmid, "vmid": archive[0], "step": "archived", "archived_at": "2026-01-01T00:00:00Z",
+             "input_digest": "1" * 64, "verification": SEEDED_VERIFICATION}, "nixgold;nixgold-archive", 0)
+    put(vmid, name, build_id,
+        {"role": "promoted", "id": "seed", "of": vmid, "vmid": vmid, "step": "done", "input_digest": digest,
+         "verification": SEEDED_VERIFICATION, "promoted_at": "2026-01-02T00:00:00Z"}, tags, 1)
