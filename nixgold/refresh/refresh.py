@@ -190,6 +190,10 @@ class Refresher:
                 else:
                     result.finish("error", str(exc))
                     result.exit_code = int(exc.exit_code)
+            except Exception as exc:  # a bug: the traceback follows the summary
+                result.finish("error", f"internal error (a bug; traceback below): {type(exc).__name__}: {exc}")
+                result.exit_code = int(ExitCode.INTERNAL)
+                raise
             finally:
                 self._release()
                 result.wall_seconds = round(time.monotonic() - t0, 2)
