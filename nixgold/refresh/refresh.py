@@ -351,18 +351,21 @@ class Refresher:
         """What an earlier run left that needs the lock to clean up (nothing when it is all tidy)."""
         found = []
         lock = view.lock
+        live = ""  # the id of a refresh that is running now: what it is working on is not left behind
         if lock is not None:
             marker = lock.lock_marker
             if marker is None or ClusterLock(self.client, self.config, self.refresh_id).stale_reason(marker) is not None:
                 found.append(f"the lock marker {lock.vmid}")
             else:
+                live = str(marker.get("id") or "").lower()
                 self.say(f"refresh {marker.get('id')} is running ({marker.get('phase')}, since {marker.get('started')})")
-        if view.in_flight is not None:
+        if view.in_flight is not None and not (live and view.in_flight.promotion.get("by") == live):
             found.append(f"an unfinished promotion of {view.in_flight.vmid}")
-        lock_id = (lock.lock_marker or {}).get("id") if lock is not None else None
         for vmid in self.config.refresh.staging:
             vm = view.at(vmid)
-            if vm is None or (lock_id and vm.refresh_id == lock_id) or vm.role in (PROMOTED, ARCHIVE):
+            if vm is None or vm.role in (PROMOTED, ARCHIVE):
+                continue
+            if live and (vm.refresh_id == live or (vm.owner is not None and vm.owner.id == live)):
                 continue
             if vm.role == CANDIDATE or (not vm.is_template and BUILD_VM_RE.search(vm.name)):
                 found.append(f"{vm.describe()}")
@@ -639,9 +642,9 @@ class Refresher:
         if there is not None and there.build_id == old.get("build_id") and there.role != ARCHIVE:
             if not there.protected:
                 write(self.swap, there, protection=1)
-            archive = read_vm(self.client, int(plan["archive_vmid"]), self.config.proxmox.node) \
-                if plan.get("archive_vmid") else None
-            if archive is not None and archive.role == ARCHIVE and archive.refresh_id == plan.get("by"):
+            archive = settle(self.swap, int(plan["archive_vmid"])) if plan.get("archive_vmid") else None
+            if archive is not None and archive.role == ARCHIVE and archive.build_id == old.get("build_id") \
+                    and archive.record.get("from_vmid") == old.get("vmid"):  # the copy this promotion made
                 self._remove(archive, "the copy of the old template a stopped promotion made (the old one stays)")
             write(self.swap, source, record={"promotion": None})
             self._remove_candidate(source, "its promotion was rolled back")
