@@ -172,9 +172,53 @@ def verify(c, config=None, set_=None, vmid=None, name=None, tag=None, profile=No
                junit=Path(junit) if junit else None, json_path=Path(json) if json else None, insecure=insecure)
 
 
+@task(help={**COMMON_HELP, "force": "build even when the promoted template is up to date (or held back)",
+            "keep_on_error": "keep a candidate that failed verification, for inspection (the next refresh removes it)",
+            "update_lock": "run `invoke lock` first (pin the channel's newest ISO), once the refresh holds its lock",
+            "json": "write the refresh report (phases, vmids, digests, verify report, swap window) to this file"},
+      iterable=["set_"])
+@_cli
+def refresh(c, config=None, set_=None, force=False, keep_on_error=False, update_lock=False, json=None,
+            verbose=False):
+    """The nightly job: build a candidate aside, verify it, swap it into template.vmid; keep archives.
+
+    Exit codes: 0 up to date, 10 promoted, 4 build failed and 5 verification failed (the promoted
+    template untouched), 7 locked, 8 verified but not promoted (linked clones), 2 config, 3 preflight,
+    6 Proxmox API, 130 interrupted.
+    """
+    from nixgold import commands
+
+    result = commands.refresh(config, _overrides(set_), force=force, keep_on_error=keep_on_error,
+                              update_lock=update_lock, json_path=Path(json) if json else None)
+    if result.exit_code:
+        raise Exit(code=result.exit_code)
+
+
+@task(help={**COMMON_HELP, "archive": "vmid of the archive to restore (default: the newest verified one)",
+            "json": "write the rollback report to this file"}, iterable=["set_"])
+@_cli
+def rollback(c, config=None, set_=None, archive=None, json=None, verbose=False):
+    """Put the newest verified archive back at template.vmid (the current template is archived), or
+    undo a promotion a stopped refresh left half done."""
+    from nixgold import commands
+
+    commands.rollback(config, _overrides(set_), archive_vmid=_int_flag("--archive", archive),
+                      json_path=Path(json) if json else None)
+
+
+@task(help={**COMMON_HELP, "json": "print JSON instead of a table"}, iterable=["set_"])
+@_cli
+def templates(c, config=None, set_=None, json=False, verbose=False):
+    """List the promoted, archived, staged and candidate templates: build id, digest, verification,
+    linked clones."""
+    from nixgold import commands
+
+    print(commands.templates(config, _overrides(set_), as_json=json))
+
+
 # The test bed's tasks (a developer tool, not part of the product) live with the test bed; they are
 # added here as the `testbed` collection only when the tests are there (a source checkout).
-ns = Collection(render, config, lock, build_template, verify)
+ns = Collection(render, config, lock, build_template, verify, refresh, rollback, templates)
 try:
     from tests.testbed.tasks import testbed as _testbed_collection
 except ImportError:  # an installed nixgold without its tests

@@ -23,6 +23,7 @@ from nixgold.secrets import Redactor
 
 if TYPE_CHECKING:
     from nixgold.build.builder import BuildResult
+    from nixgold.refresh.report import RefreshResult
     from nixgold.verify.report import VerifyReport
 
 CHANNELS_URL_ENV = "NIXGOLD_CHANNELS_URL"  # a mirror of channels.nixos.org (also used by tests)
@@ -146,3 +147,45 @@ def build(config_path: str | None, overrides: Mapping[str, Any], *, replace: boo
         result.verify_report = run_verify(verify_config, creds, VerifyOptions(vmid=result.vmid), progress=progress,
                                           out=out, redactor=redactor)
     return result
+
+
+def refresh(config_path: str | None, overrides: Mapping[str, Any], *, force: bool = False, keep_on_error: bool = False,
+            update_lock: bool = False, json_path: Path | None = None, progress: Progress | None = None,
+            out: TextIO | None = None, env: Mapping[str, str] | None = None) -> "RefreshResult":
+    """`invoke refresh`, the nightly job (see nixgold.refresh.refresh): up to date (0) or promoted (10)
+    returns; every other outcome raises RefreshFailed with ``.result`` and its exit code."""
+    from nixgold.refresh.refresh import RefreshOptions, run_refresh
+
+    env = os.environ if env is None else env
+    config, creds = load(config_path, overrides, env)
+    redactor = Redactor(creds.secrets)
+    progress = progress or Progress(redact=redactor)
+    pin = (lambda: lock(config_path, overrides, progress=progress, env=env)) if update_lock else None
+    options = RefreshOptions(force=force, keep_on_error=keep_on_error, json_path=json_path, update_lock=pin)
+    return run_refresh(config, creds, options, progress=progress, out=out or sys.stdout, env=env, redactor=redactor)
+
+
+def rollback(config_path: str | None, overrides: Mapping[str, Any], *, archive_vmid: int | None = None,
+             json_path: Path | None = None, progress: Progress | None = None, out: TextIO | None = None,
+             env: Mapping[str, str] | None = None) -> "RefreshResult":
+    """`invoke rollback`: the newest verified archive (or ``archive_vmid``) back to template.vmid."""
+    from nixgold.refresh.refresh import RollbackOptions, run_rollback
+
+    config, creds = load(config_path, overrides, env)
+    redactor = Redactor(creds.secrets)
+    progress = progress or Progress(redact=redactor)
+    return run_rollback(config, creds, RollbackOptions(archive_vmid=archive_vmid, json_path=json_path),
+                        progress=progress, out=out or sys.stdout, redactor=redactor)
+
+
+def templates(config_path: str | None, overrides: Mapping[str, Any], *, as_json: bool = False,
+              env: Mapping[str, str] | None = None) -> str:
+    """`invoke templates`: the promoted, archived, staged and candidate templates of template.vmid."""
+    from nixgold.refresh.refresh import list_templates
+    from nixgold.refresh.report import format_templates
+
+    config, creds = load(config_path, overrides, env)
+    rows = list_templates(config, creds)
+    if as_json:
+        return json.dumps([dataclasses.asdict(r) for r in rows], indent=2)
+    return format_templates(rows) if rows else f"no templates of {config.template.vmid} ('{config.template.name}') yet"

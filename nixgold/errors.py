@@ -21,7 +21,14 @@ class ExitCode(enum.IntEnum):
     BUILD = 4  # packer build failed
     VERIFY = 5  # the template was checked and at least one check failed
     INFRA = 6  # Proxmox API / network / guest never came up (not the image's fault)
+    LOCKED = 7  # refresh: another refresh of this template is running
+    NOT_PROMOTED = 8  # refresh: the candidate passed and is staged, but linked clones pin the template
+    PROMOTED = 10  # refresh: a new verified template is in place (success, like terraform's "changes")
     INTERRUPTED = 130  # SIGINT / SIGTERM; cleanup ran
+    # `invoke refresh` outcomes that share a code with the above (README "Exit codes"):
+    UP_TO_DATE = 0  # nothing to build: the promoted template was built from the same inputs and passed
+    BUILD_FAILED_OLD_KEPT = 4  # the candidate's build failed; the promoted template was not touched
+    VERIFY_FAILED_OLD_KEPT = 5  # the candidate failed verification; the promoted template was not touched
 
 
 class NixgoldError(Exception):
@@ -142,6 +149,18 @@ class VerifyError(NixgoldError):
     """At least one verification check failed (the image is bad)."""
 
     exit_code = ExitCode.VERIFY
+
+
+class RefreshLocked(NixgoldError):
+    """Another refresh of the same template holds the lock (locally or in the cluster)."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class NotPromoted(NixgoldError):
+    """The candidate passed verification but was not promoted (linked clones pin the template)."""
+
+    exit_code = ExitCode.NOT_PROMOTED
 
 
 class Interrupted(NixgoldError):

@@ -70,7 +70,7 @@ locals {
   manifest = {
     build_id      = var.build_id
     build_time    = timestamp()
-    config_sha256 = "a1b00b327488bc40bec939174371350ed39eb03aca0cfe09b8440d397d3bfec5"
+    config_sha256 = "a578f539ab2086421e356ce009513f126700540bf6aca1cc70b5999a47f15564"
     dialect       = "plugin"
     firmware      = "uefi"
     git_commit    = var.git_commit

@@ -324,3 +324,63 @@ def test_linked_clone_refusal_names_the_volume(testbed, api):
         assert err.content == (f"Linked clone feature is not supported for '{testbed.storage}:425/vm-425-disk-0.qcow2' "
                                "(scsi0)")
         assert not any(v["vmid"] == 426 for v in node.qemu.get())
+
+
+# ------------------------------------------------------------- what the nightly refresh relies on
+def test_a_template_takes_name_tags_description_and_protection(testbed, api):
+    """update_vm_api never asks is_template (only moving a disk refuses templates, Q:4994): a template's
+    name, tags, description and protection (general options, Q:799-817) change like any VM's."""
+    prox, node = api
+    with vm(api, 427, scsi0=f"{testbed.storage}:1,format=qcow2") as qemu:
+        assert wait(prox, qemu.template.post())["exitstatus"] == "OK"
+        qemu.config.put(name="renamed-427", tags="nixgold;nixgold-archive", description='{"note": 1}', protection=1)
+        conf = qemu.config.get()
+        assert (conf["template"], conf["name"], conf["tags"], conf["description"], conf["protection"]) == \
+            (1, "renamed-427", "nixgold;nixgold-archive", '{"note": 1}', 1)
+        qemu.config.put(delete="protection")
+        assert "protection" not in qemu.config.get()
+
+
+def test_a_full_clone_of_a_protected_template_is_protected_and_no_template(testbed, api):
+    """Q:4458 full = $param->{full} // !is_template; the clone copies every other option (Q:4554 "copy
+    everything else"), protection too, drops template (Q:4579), keeps the source's description unless a
+    non-empty one is given (Q:4587 `if ($param->{description})`); its disk is a copy, not a base."""
+    prox, node = api
+    with vm(api, 428, scsi0=f"{testbed.storage}:1,format=qcow2", description="source notes") as qemu:
+        assert wait(prox, qemu.template.post())["exitstatus"] == "OK"
+        qemu.config.put(protection=1)
+        try:
+            assert wait(prox, qemu.clone.post(newid=429, full=1, name="copy-429"))["exitstatus"] == "OK"
+            assert wait(prox, qemu.clone.post(newid=430, full=1, description=""))["exitstatus"] == "OK"
+            copy = node.qemu(429).config.get()
+            assert copy.get("template", 0) == 0 and copy["protection"] == 1 and copy["name"] == "copy-429"
+            assert copy["description"] == "source notes" == node.qemu(430).config.get()["description"]
+            assert copy["scsi0"].startswith(f"{testbed.storage}:429/vm-429-disk-0.qcow2")
+            assert raises(node.qemu(429).delete, 500).content == "can't remove VM 429 - protection mode enabled"
+        finally:
+            remove(prox, node, 429)
+            remove(prox, node, 430)
+
+
+def test_two_creates_of_one_vmid_exactly_one_wins_before_forking(api):
+    """Q:1346 create_and_lock_config claims the id before the worker forks: of two creates of one vmid at
+    once, one gets a task and the other a synchronous 500 (what the refresh's lock marker VM relies on)."""
+    prox, node = api
+
+    def create(name: str) -> Any:
+        try:
+            return node.qemu.post(vmid=431, name=name, memory=64)
+        except ResourceException as exc:
+            return exc
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(create, ["first", "second"]))
+        errors = [a for a in answers if isinstance(a, ResourceException)]
+        upids = [a for a in answers if isinstance(a, str)]
+        assert len(errors) == 1 and len(upids) == 1, answers
+        assert errors[0].status_code == 500
+        assert errors[0].content == "unable to create VM 431 - VM 431 already exists on node 'pve'"
+        assert wait(prox, upids[0])["exitstatus"] == "OK"
+    finally:
+        remove(prox, node, 431)

@@ -2,6 +2,7 @@
 sibling's private names, and every module says its one job on its first line.
 
     commands
+      -> refresh -> build, verify, packer, proxmox, render, lock, bootcmd, config, base
       -> build  -> packer, proxmox, render, lock, bootcmd, config, base
       -> verify -> proxmox, render, config, base
     packer -> render (file and variable names), config, base
@@ -31,7 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "proxmox": {"render", "config", "base"},
     "build": {"packer", "proxmox", "render", "lock", "bootcmd", "config", "base"},
     "verify": {"proxmox", "render", "config", "base"},
-    "commands": {"build", "verify", "packer", "proxmox", "render", "lock", "bootcmd", "config", "base"},
+    "refresh": {"build", "verify", "packer", "proxmox", "render", "lock", "bootcmd", "config", "base"},
+    "commands": {"refresh", "build", "verify", "packer", "proxmox", "render", "lock", "bootcmd", "config", "base"},
 }
 
 

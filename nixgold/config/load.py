@@ -23,6 +23,7 @@ from nixgold.config.model import (
     IsoSettings,
     NixosSettings,
     ProxmoxSettings,
+    RefreshSettings,
     TemplateSettings,
     UserSettings,
     VerifySettings,
@@ -110,6 +111,7 @@ _SECTIONS: dict[str, type] = {
     "iso": IsoSettings,
     "build": BuildSettings,
     "verify": VerifySettings,
+    "refresh": RefreshSettings,
 }
 
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None,

@@ -118,6 +118,32 @@ class VerifySettings:
     checks_dir: str | None = None  # extra check modules (test_*.py) to run
 
 @dataclass(frozen=True)
+class RefreshSettings:
+    """The nightly refresh (`invoke refresh`): where it builds aside, archives, and locks."""
+
+    lock_vmid: int = 9005  # a diskless marker VM here is the cluster-wide lock while a refresh runs
+    staging_vmids: str = "9006-9009"  # the candidate is built at the first free id ("9006" for just one)
+    archive_vmids: str = "9010-9029"  # replaced templates are archived here
+    keep: int = 3  # verified archives kept
+    on_linked_clones: str = "fail"  # fail | promote-by-name
+    lock_timeout: str = "3h"  # a marker its run has not updated for this long is stale (taken over)
+
+    @property
+    def staging(self) -> range:
+        return vmid_range(self.staging_vmids)
+
+    @property
+    def archives(self) -> range:
+        return vmid_range(self.archive_vmids)
+
+def vmid_range(text: str) -> range:
+    """``"9006-9009"`` -> 9006..9009 (inclusive), ``"9006"`` -> just 9006; ValueError otherwise."""
+    first, sep, last = text.strip().partition("-")
+    if not first.isdigit() or (sep and not last.isdigit()):
+        raise ValueError(f"not a vmid or a range FIRST-LAST: {text!r}")
+    return range(int(first), int(last if sep else first) + 1)
+
+@dataclass(frozen=True)
 class Config:
     proxmox: ProxmoxSettings = field(default_factory=ProxmoxSettings)
     template: TemplateSettings = field(default_factory=TemplateSettings)
@@ -127,7 +153,11 @@ class Config:
     users: tuple[UserSettings, ...] = ()
     build: BuildSettings = field(default_factory=BuildSettings)
     verify: VerifySettings = field(default_factory=VerifySettings)
+    refresh: RefreshSettings = field(default_factory=RefreshSettings)
     source: str | None = field(default=None, compare=False)  # path of the file, for messages
+    #: The refresh builds its candidate from the user's config placed elsewhere (a staging vmid, another
+    #: name and tag): the candidate's files and manifest carry the hash of the config the user wrote.
+    origin_hash: str | None = field(default=None, compare=False)
 
     @property
     def channel(self) -> str:
@@ -137,9 +167,12 @@ class Config:
         """Plain data (no secrets live in Config), used for hashing and `invoke config`."""
         data = dataclasses.asdict(self)
         data.pop("source")
+        data.pop("origin_hash")
         return _jsonable(data)
 
     def config_hash(self) -> str:
+        if self.origin_hash:
+            return self.origin_hash
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -8,7 +8,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Mapping
 
-from nixgold.config.model import CURRENT_STABLE_RELEASE, OLDEST_SUPPORTED_RELEASE, Config
+from nixgold.config.model import CURRENT_STABLE_RELEASE, OLDEST_SUPPORTED_RELEASE, Config, vmid_range
 from nixgold.errors import ConfigError, ConfigIssue, Hidden
 from nixgold.units import duration_seconds, size_gib
 
@@ -272,6 +272,48 @@ def validate(c: Config, issues: Issues) -> None:
             add(f"verify.{key}", value, "a positive duration like 5m")
     if c.verify.checks_dir is not None and not Path(c.verify.checks_dir).is_dir():
         add("verify.checks_dir", c.verify.checks_dir, "an existing directory of test_*.py check files")
+    validate_refresh(c, issues)
+
+def validate_refresh(c: Config, issues: Issues) -> None:
+    """[refresh]: vmids that do not overlap each other or template.vmid, enough archive slots, a lock
+    timeout longer than a build may take (else a running build's marker would look stale)."""
+    add, r = issues.add, c.refresh
+    ids: dict[str, range] = {"template.vmid": range(c.template.vmid, c.template.vmid + 1),
+                             "refresh.lock_vmid": range(r.lock_vmid, r.lock_vmid + 1)}
+    if not 100 <= r.lock_vmid <= 999_999_999:
+        add("refresh.lock_vmid", r.lock_vmid, "a VM id between 100 and 999999999")
+    for key in ("staging_vmids", "archive_vmids"):
+        value = getattr(r, key)
+        try:
+            span = vmid_range(value)
+        except ValueError:
+            add(f"refresh.{key}", value, "a vmid (\"9006\") or a range FIRST-LAST (\"9006-9009\")")
+            continue
+        if not span or span.start < 100 or span.stop - 1 > 999_999_999 or len(span) > 1000:
+            add(f"refresh.{key}", value, "FIRST <= LAST, both between 100 and 999999999, at most 1000 ids")
+            continue
+        ids[f"refresh.{key}"] = span
+    names = list(ids)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if ids[a].start < ids[b].stop and ids[b].start < ids[a].stop:
+                add(b, getattr(r, b.split(".", 1)[1]) if b.startswith("refresh.") else c.template.vmid,
+                    f"ids that do not overlap {a} ({ids[a].start}-{ids[a].stop - 1})")
+    if not 1 <= r.keep <= 100:
+        add("refresh.keep", r.keep, "between 1 and 100 verified archives")
+    elif "refresh.archive_vmids" in ids and len(ids["refresh.archive_vmids"]) < r.keep + 1:
+        add("refresh.archive_vmids", r.archive_vmids,
+            f"at least refresh.keep + 1 = {r.keep + 1} ids (a new archive is made before the oldest goes)")
+    if r.on_linked_clones not in ("fail", "promote-by-name"):
+        add("refresh.on_linked_clones", r.on_linked_clones, "fail or promote-by-name")
+    if not DURATION_RE.fullmatch(r.lock_timeout) or duration_seconds(r.lock_timeout) <= 0:
+        add("refresh.lock_timeout", r.lock_timeout, "a positive duration like 3h")
+    elif all(DURATION_RE.fullmatch(v) for v in (c.build.ssh_timeout, c.build.task_timeout)):
+        floor = duration_seconds(c.build.ssh_timeout) + duration_seconds(c.build.task_timeout)
+        if duration_seconds(r.lock_timeout) <= floor:
+            add("refresh.lock_timeout", r.lock_timeout,
+                f"longer than build.ssh_timeout + build.task_timeout ({floor / 60:.0f} min): a build that long is "
+                f"still alive")
 
 def is_floating_iso_url(url: str) -> bool:
     """True for URLs like .../latest-nixos-minimal-x86_64-linux.iso that move over time."""

@@ -6,11 +6,16 @@ it, never because it looks like one:
 * a build VM: its name ends in ``-build-<build id>`` (:func:`build_vm_name`; Packer sets it at
   create from the ``build_vm_name`` variable nixgold passes);
 * a template: its description holds a nixgold build manifest, whose ``build_id`` it carries;
-* a verify clone: its description holds ``nixgold verify (run <run id>)`` (:func:`verify_marker`).
+* a verify clone: its description holds ``nixgold verify (run <run id>)`` (:func:`verify_marker`);
+* the nightly refresh's VMs carry the refresh id in the manifest's ``refresh`` record: a staged
+  ``candidate`` and an ``archive`` (a replaced template, copied by that refresh); the promoted
+  template is a nixgold template (``build``) whose record says ``promoted``;
+* the refresh's lock marker: a diskless VM whose description is ``{"nixgold_refresh_lock": 1, "id": ...}``.
 
 Preflight, the build's cleanup, ``--replace``, verify's cleanup and refresh all decide with it:
-:class:`Owner` ``("build", id)`` / ``("verify", id)``, compared with their own id. Packer's default
-description and a ``-building`` name prove nothing: every Packer build writes them.
+:class:`Owner` ``("build", id)`` / ``("verify", id)`` / ``("candidate", id)`` / ``("archive", id)`` /
+``("refresh-lock", id)``, compared with their own id. Packer's default description and a ``-building``
+name prove nothing: every Packer build writes them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 from nixgold.errors import ProxmoxError, ProxmoxTaskError
 from nixgold.proxmox.client import ProxmoxClient
-from nixgold.render.manifest import ManifestError, parse_manifest
+from nixgold.render.manifest import REFRESH_KEY, ManifestError, lock_marker_data, manifest_data
 
 BUILD_VM_RE = re.compile(r"-build-(\d{8}t\d{6}z-[0-9a-f]{6})$")
 VERIFY_MARKER_RE = re.compile(r"nixgold verify \(run ([0-9a-f]{12})\)")
@@ -29,8 +34,8 @@ VERIFY_MARKER_RE = re.compile(r"nixgold verify \(run ([0-9a-f]{12})\)")
 
 @dataclass(frozen=True)
 class Owner:
-    kind: str  # "build" | "verify"
-    id: str  # the build id (lower case) or the verify run id; "" when a manifest has none
+    kind: str  # "build" | "verify" | "candidate" | "archive" | "refresh-lock"
+    id: str  # the build id (lower case), the verify run id or the refresh id; "" when a manifest has none
 
 
 def dns_label(text: str, limit: int = 63) -> str:
@@ -48,8 +53,11 @@ def verify_marker(run_id: str) -> str:
     return f"nixgold verify (run {run_id})"
 
 
-def owner_of(config: dict[str, Any]) -> Owner | None:
-    """Which nixgold run made this VM, from the id its config carries; None: not nixgold's."""
+def owner_of(config: dict[str, Any], vmid: int | None = None) -> Owner | None:
+    """Which nixgold run made this VM, from the id its config carries; None: not nixgold's.
+
+    ``vmid``: the VM's id. A refresh record names the vmid it was written for; PVE copies descriptions
+    into clones, so a record naming another vmid is a copy's: such a VM is none of the refresh's."""
     m = BUILD_VM_RE.search(str(config.get("name") or ""))
     if m:
         return Owner("build", m.group(1))
@@ -57,11 +65,48 @@ def owner_of(config: dict[str, Any]) -> Owner | None:
     m = VERIFY_MARKER_RE.search(description)
     if m:
         return Owner("verify", m.group(1))
+    lock = lock_marker_data(description)
+    if lock is not None:
+        return Owner("refresh-lock", str(lock.get("id") or "").lower())
     try:
-        manifest = parse_manifest(description)
+        data = manifest_data(description)
     except ManifestError:
         return None
-    return Owner("build", (manifest.build_id or "").lower())
+    record = data.get(REFRESH_KEY)
+    if isinstance(record, dict) and record.get("role") in REFRESH_KINDS and record.get("id"):
+        if vmid is not None and record.get("vmid") != vmid:
+            return None
+        return Owner(str(record["role"]), str(record["id"]).lower())
+    build_id = data.get("build_id")
+    return Owner("build", (build_id if isinstance(build_id, str) and build_id != "unknown" else "").lower())
+
+
+#: Roles of the refresh record that make a VM the refresh's own kind (a promoted template stays "build").
+REFRESH_KINDS = ("candidate", "archive")
+
+#: A linked clone's disk names its base volume: ``local:9004/base-9004-disk-0.qcow2/101/vm-101-disk-0.qcow2``
+#: (directory storages), ``local-lvm:base-9004-disk-0/vm-101-disk-0`` (LVM-thin, ZFS, RBD).
+LINKED_BASE_RE = re.compile(r"(?:^|[:/])base-(\d+)-disk-\d+[^/,]*/")
+
+
+def linked_clone_map(client: ProxmoxClient) -> dict[int, list[int]]:
+    """{template vmid: [vmids of the VMs whose disks are linked clones of its base volumes]} over the
+    cluster (one config read per VM). PVE refuses to destroy a template while any exist (QemuServer.pm
+    destroy_vm: "base volume ... is still in use by linked cloned")."""
+    found: dict[int, set[int]] = {}
+    for res in client.vm_resources():
+        vmid = int(res["vmid"])
+        try:
+            config = client.vm_config(str(res["node"]), vmid)
+        except ProxmoxError as exc:
+            if exc.status == 500 and "does not exist" in str(exc):
+                continue  # destroyed meanwhile
+            raise
+        for value in config.values():
+            for base in LINKED_BASE_RE.findall(str(value).split(",", 1)[0]):
+                if int(base) != vmid:
+                    found.setdefault(int(base), set()).add(vmid)
+    return {base: sorted(clones) for base, clones in found.items()}
 
 
 def split_tags(tags: str | None) -> list[str]:
@@ -126,7 +171,8 @@ def run_clone(client: ProxmoxClient, job: CloneJob, *, timeout: float, allocate:
     * the source is locked (``VM is locked (backup)``): wait for the lock, bounded by ``lock_wait``;
     * the clone task fails on a lock timeout (``can't lock file ... got timeout``): PVE cleaned up,
       so retry after a backoff, at most 3 times, then fail naming the lock;
-    * ``linked_fallback``: PVE refuses a linked clone (storage without snapshots) -> full clone.
+    * ``linked_fallback``: PVE refuses a linked clone (storage without snapshots) -> full clone;
+    * the clone inherits a protected template's ``protection`` flag: removed (a throwaway).
 
     Any other error (a 500 from the POST, a failed task) is raised as is: not retried blindly.
     """
@@ -183,4 +229,8 @@ def run_clone(client: ProxmoxClient, job: CloneJob, *, timeout: float, allocate:
             raise ProxmoxError(f"cloning {job.source} to {job.vmid} failed: {exc}") from None
         job.upid = None
         job.done = True
+        # PVE copies a template's protection flag into its clones (qemu-server Qemu.pm clone_vm: "copy
+        # everything else"); a clone nixgold makes is a throwaway that its cleanup must be able to destroy.
+        if str(client.vm_config(job.node, job.vmid).get("protection") or "0") in ("1", "true"):
+            client.set_config(job.node, job.vmid, delete="protection")
         return job

@@ -20,6 +20,10 @@ from nixgold.errors import NixgoldError
 NIXGOLD_TAG = "nixgold"
 MANIFEST_SCHEMA = 1
 MARKER_KEY = "nixgold_manifest"  # value = schema version; identifies our descriptions
+#: The nightly refresh's record inside a manifest: {"role": candidate|archive|promoted, "id": <refresh id>, ...}
+REFRESH_KEY = "refresh"
+#: The description of the refresh's lock marker VM (not a manifest): {"nixgold_refresh_lock": 1, "id": ...}
+LOCK_MARKER_KEY = "nixgold_refresh_lock"
 
 
 class ManifestError(NixgoldError):
@@ -59,6 +63,19 @@ def static_manifest(config: Config, dialect: str) -> dict[str, Any]:
 
 def parse_manifest(description: str | None) -> Manifest:
     """Read a manifest back from a template description; ManifestError says what is wrong."""
+    data = manifest_data(description)
+    known = set(Manifest.__dataclass_fields__)
+    values = {k: v for k, v in data.items() if k in known}
+    if isinstance(values.get("template_vmid"), str) and values["template_vmid"].isdigit():
+        values["template_vmid"] = int(values["template_vmid"])
+    for key in ("build_id", "git_commit", "build_time"):
+        if values.get(key) in ("", "unknown"):
+            values[key] = None
+    return Manifest(**values)
+
+
+def manifest_data(description: str | None) -> dict[str, Any]:
+    """The manifest in a description as plain JSON data (every key, also the refresh record)."""
     if not description or not description.strip():
         raise ManifestError("the template has no description, so no nixgold build manifest "
                             "(was it built by nixgold?)")
@@ -77,11 +94,16 @@ def parse_manifest(description: str | None) -> Manifest:
                            "template_name", "dialect", "firmware") if k not in data]
     if missing:
         raise ManifestError(f"the nixgold manifest lacks {', '.join(missing)}")
-    known = set(Manifest.__dataclass_fields__)
-    values = {k: v for k, v in data.items() if k in known}
-    if isinstance(values.get("template_vmid"), str) and values["template_vmid"].isdigit():
-        values["template_vmid"] = int(values["template_vmid"])
-    for key in ("build_id", "git_commit", "build_time"):
-        if values.get(key) in ("", "unknown"):
-            values[key] = None
-    return Manifest(**values)
+    return data
+
+
+def lock_marker_data(description: str | None) -> dict[str, Any] | None:
+    """The refresh lock marker's data, or None when the description is not one."""
+    text = (description or "").strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and data.get(LOCK_MARKER_KEY) == 1 else None

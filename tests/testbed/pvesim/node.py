@@ -358,7 +358,11 @@ class Node:
 
     # ------------------------------------------------------------- configs
     def prepare_update(self, vmid: int, params: dict[str, Any], ident: Identity) -> dict[str, Any]:
-        """qemu-server update_vm_api: the checks made before locking / forking."""
+        """qemu-server update_vm_api: the checks made before locking / forking.
+
+        A template takes config changes like any VM (name, tags, description, protection: the
+        general options of Q:799-817, VM.Config.Options): update_vm_api never asks is_template;
+        only moving a disk refuses templates (Q:4994). Deleting ``protection`` needs nothing more."""
         delete = split_list(params.get("delete"))
         revert = split_list(params.get("revert"))
         digest = params.get("digest")
@@ -620,7 +624,8 @@ class Node:
         if "tags" in values:
             values["tags"] = unique_tags(values["tags"])
         storage = params.get("storage")
-        # create_and_lock_config: claim the id before forking
+        # Q:1346 create_and_lock_config (pve-guest-common AbstractConfig): claim the id before forking, so
+        # of two creates of one vmid exactly one gets it (nixgold's refresh lock marker relies on that)
         with self.locks.hold(vmid, timeout=5):
             if self.exists(vmid):
                 raise die(f"unable to create VM {vmid} - VM {vmid} already exists on node '{self.name}'")
@@ -741,6 +746,8 @@ class Node:
                 task.sleep(slow)
             newconf = VMConf(newid, {})
             for key, value in conf.values.items():
+                # Q:4489-4500 skip snapshot state and unused disks; Q:4579 delete $newconf->{template};
+                # everything else is copied (Q:4554 "copy everything else"): protection, tags, description
                 if key in ("template", "lock", "parent", "snapstate", "vmstate", "runningmachine", "runningcpu") or UNUSED_RE.match(key):
                     continue
                 newconf.values[key] = value
@@ -782,8 +789,8 @@ class Node:
             newconf.values["smbios1"] = ",".join(f"{k}={v}" for k, v in sorted(smbios.items(), key=lambda kv: kv[0] != "uuid"))
             if "vmgenid" in newconf.values:
                 newconf.values["vmgenid"] = str(uuid.uuid4())
-            newconf.values["name"] = params.get("name") or f"Copy-of-VM-{conf.values.get('name') or vmid}"
-            if params.get("description") is not None:
+            newconf.values["name"] = params.get("name") or f"Copy-of-VM-{conf.values.get('name') or vmid}"  # Q:4581-4585
+            if params.get("description"):  # Q:4587 `if ($param->{description})`: an empty one keeps the source's
                 newconf.values["description"] = params["description"]
             if stuck:
                 newconf.values["lock"] = "clone"
@@ -870,7 +877,7 @@ class Node:
                 if conf.is_template:
                     for volid in vols:
                         if self.storage.is_base_and_used(volid):
-                            raise TaskError(f"base volume '{volid}' is still in use by linked cloned")
+                            raise TaskError(f"base volume '{volid}' is still in use by linked cloned")  # QS:1853
                 conf.values["lock"] = "destroyed"
                 self.write(conf)
                 for volid in vols:

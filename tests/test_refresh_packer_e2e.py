@@ -1,0 +1,110 @@
+"""The one refresh with a real build: `invoke refresh` on an empty cluster with Debian's Packer 1.6.6
+(bundled dialect, BIOS), the stand-in installer ISO and the stand-in install.sh/cleanup.sh overlay
+(the setup of tests/test_build_e2e.py), then `invoke verify --vmid <template>` on the result, then
+the nightly no-op. Every other refresh scenario uses the build seam (tests/test_refresh_e2e.py).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nixgold.errors import ExitCode
+from tests.test_build_e2e import build_env, standin_overlay, upload_iso, write_config
+
+pytestmark = pytest.mark.vm
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = 9500
+OURS = range(9500, 9507)
+REFRESH = """
+[refresh]
+lock_vmid = 9501
+staging_vmids = "9502-9503"
+archive_vmids = "9504-9506"
+keep = 1
+"""
+
+
+def argv(testbed: Any, *args: str) -> list[str]:
+    invoke = REPO / ".venv" / "bin" / "invoke"
+    cmd = [str(invoke)] if invoke.exists() else [sys.executable, "-m", "invoke"]
+    return ["ip", "netns", "exec", testbed.netns, *cmd, "-r", str(REPO), *args]
+
+
+@pytest.fixture(scope="module")
+def standin_iso(testbed) -> str:
+    from tests.testbed.images.installer_iso import build_installer_iso
+
+    name = "nixgold-standin-installer.iso"
+    upload_iso(testbed, Path(build_installer_iso()), name)
+    return name
+
+
+def ours(testbed: Any) -> dict[int, dict[str, Any]]:
+    with testbed.enter():
+        node = testbed.proxmoxer().nodes(testbed.node)
+        return {int(v["vmid"]): node.qemu(int(v["vmid"])).config.get() for v in testbed.all_vms()
+                if int(v["vmid"]) in OURS}
+
+
+def test_first_refresh_builds_with_packer_verifies_and_promotes(testbed, standin_iso, tmp_path):
+    config = write_config(tmp_path, testbed, iso=standin_iso, vmid=TEMPLATE, extra=REFRESH)
+    overlay = standin_overlay(config, tmp_path / "standin")
+    env = build_env(testbed, config, overlay)
+    report = tmp_path / "refresh.json"
+    assert ours(testbed) == {}
+    try:
+        t0 = time.monotonic()
+        result = subprocess.run(argv(testbed, "refresh", "--json", str(report)), env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=3600)
+        wall = time.monotonic() - t0
+        out, err = result.stdout, result.stderr
+        assert result.returncode == ExitCode.PROMOTED, f"stdout:\n{out}\nstderr:\n{err}"
+        assert "WARNING: NIXGOLD_RENDER_OVERLAY=" in err and "NIXGOLD_REFRESH_PRODUCER" not in err
+        for stage in ("creating the VM", "typing the boot command", "waiting for install/SSH", "converting to template"):
+            assert re.search(rf"\] packer: {re.escape(stage)}", err), stage
+        data = json.loads(report.read_text())
+        assert [p["name"] for p in data["phases"]] == ["decide", "lock", "recover", "build", "verify", "promote"]
+        assert all(p["ok"] for p in data["phases"]) and data["outcome"] == "promoted" and data["exit_code"] == 10
+        assert data["candidate_vmid"] == 9502 and data["promoted_vmid"] == TEMPLATE and data["archive_vmid"] is None
+        assert data["verification"]["outcome"] == "passed" and data["verify_report"]["outcome"] == "passed"
+        assert data["swap_window_seconds"] < 10 and data["test_producer"] is None
+        vms = ours(testbed)
+        assert set(vms) == {TEMPLATE}, sorted(vms)  # no candidate, no lock marker, nothing else
+        t = vms[TEMPLATE]
+        manifest = json.loads(t["description"])
+        record = manifest["refresh"]
+        assert (t["template"], t["protection"], t["name"]) == (1, 1, "nixgold-e2e")
+        assert manifest["build_id"] == data["refresh_id"] and manifest["dialect"] == "bundled" and manifest["overlay"]
+        assert manifest["template_vmid"] == TEMPLATE and manifest["template_name"] == "nixgold-e2e"
+        assert (record["role"], record["step"], record["input_digest"]) == ("promoted", "done", data["input_digest"])
+        assert record["verification"]["outcome"] == "passed" and record["verification"]["report_sha256"]
+        assert set(t["tags"].split(";")) == {"nixgold", "nixos", "golden"} and t["serial0"] == "socket"
+        print(f"first refresh with Packer: {wall:.0f}s; phases: "
+              + ", ".join(f"{p['name']} {p['seconds']:.0f}s" for p in data["phases"]))
+
+        verify = subprocess.run(argv(testbed, "verify", "--vmid", str(TEMPLATE)), env=env, cwd=tmp_path,
+                                capture_output=True, text=True, timeout=1800)
+        assert verify.returncode == 0, f"stdout:\n{verify.stdout}\nstderr:\n{verify.stderr}"
+        assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", verify.stdout)
+
+        t0 = time.monotonic()
+        noop = subprocess.run(argv(testbed, "refresh"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        seconds = time.monotonic() - t0
+        assert noop.returncode == ExitCode.UP_TO_DATE, noop.stderr
+        assert "UP-TO-DATE (exit 0)" in noop.stdout and seconds < 5, seconds
+        print(f"no-op refresh after it: {seconds:.1f}s")
+    finally:
+        with testbed.enter():
+            prox = testbed.root_api()
+            for vmid in sorted(ours(testbed), reverse=True):
+                prox.nodes(testbed.node).qemu(vmid).config.put(delete="protection")
+                testbed.destroy_vm(vmid)
