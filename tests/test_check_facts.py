@@ -13,7 +13,7 @@ import pytest
 import testinfra
 
 from nixgold.verify.checks import CHECKS_DIR, CloneTarget, run_checks
-from nixgold.verify.checks.facts import FactStore, Probe, command_line, gather_script, parse_gathered, \
+from nixgold.verify.checks.facts import Answer, FactStore, Probe, command_line, gather_script, parse_gathered, \
     run_probe
 from nixgold.verify.checks.helpers import glob_covers, sshd_dump
 from tests.test_checks_runner import ctx_for
@@ -86,14 +86,17 @@ def test_a_lost_or_garbled_answer_is_asked_again_on_its_own():
 
 
 @pytest.mark.parametrize("missing", ["base64", "mktemp"])
-def test_a_guest_without_base64_or_mktemp_answers_nothing(local, missing):
-    """The real script with the tool gone: no answer at all, never an empty one (every check then
-    runs its own command)."""
-    probes = [Probe("hostname"), Probe("true")]
+def test_a_guest_without_base64_or_mktemp_never_answers_wrong(local, missing):
+    """The real script with the tool gone: no answer for a probe whose output could not be
+    encoded (never an empty one in its place: that check then runs its own command)."""
+    probes = [Probe("hostname"), Probe("echo oops >&2"), Probe("true")]
     script = gather_script(probes).replace(f"{missing} ", f"no-such-{missing} ")
     assert f"no-such-{missing}" in script
-    result = local.run(script)
-    assert "NGFACT" not in result.stdout and parse_gathered(result.stdout_bytes, probes) == {}
+    answers = parse_gathered(local.run(script).stdout_bytes, probes)
+    if missing == "mktemp":
+        assert answers == {}
+    else:  # only a probe that printed nothing can answer without base64, and it answers truly
+        assert answers == {probes[2]: Answer(0, b"", b"")}
 
 
 def test_bad_probes_are_left_out_and_said(tmp_path):
