@@ -147,15 +147,20 @@ def before(testbed) -> Any:
             remove_vm(testbed, int(vm["vmid"]))
 
 
-@pytest.fixture(scope="module")
-def dummy_iso(testbed, tmp_path_factory) -> str:
-    """An ISO SeaBIOS cannot boot: the VM sits in the firmware, the SSH wait never ends."""
+def upload_dummy_iso(testbed: Any, tmp_path_factory: Any, name: str) -> str:
+    """An ISO SeaBIOS cannot boot, uploaded as ``local:iso/<name>``: the VM sits in the firmware,
+    the SSH wait never ends."""
     src = tmp_path_factory.mktemp("iso")
     (src / "README.txt").write_text("not an installer\n")
-    iso = src.parent / DUMMY_ISO
+    iso = src.parent / name
     subprocess.run(["genisoimage", "-quiet", "-V", "NOBOOT", "-o", str(iso), str(src)], check=True)
-    upload_iso(testbed, iso, DUMMY_ISO)
-    return DUMMY_ISO
+    upload_iso(testbed, iso, name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def dummy_iso(testbed, tmp_path_factory) -> str:
+    return upload_dummy_iso(testbed, tmp_path_factory, DUMMY_ISO)
 
 
 def build_dir_of(text: str) -> Path:

@@ -22,7 +22,7 @@ import pytest
 from nixgold.errors import ExitCode
 from nixgold.proxmox.vms import build_vm_name
 from tests.helpers.fake_packer import write_fake_packer
-from tests.test_build_e2e import build_env, invoke_argv, upload_iso, write_config
+from tests.test_build_e2e import build_env, invoke_argv, upload_dummy_iso, write_config
 
 pytestmark = pytest.mark.vm
 
@@ -33,12 +33,7 @@ OLD_BUILD = "20260101t000000z-abcdef"
 
 @pytest.fixture(scope="module")
 def iso(testbed, tmp_path_factory) -> str:
-    src = tmp_path_factory.mktemp("paths-iso")
-    (src / "README.txt").write_text("not an installer\n")
-    path = src.parent / ISO
-    subprocess.run(["genisoimage", "-quiet", "-V", "PATHS", "-o", str(path), str(src)], check=True)
-    upload_iso(testbed, path, ISO)
-    return ISO
+    return upload_dummy_iso(testbed, tmp_path_factory, ISO)
 
 
 @pytest.fixture
