@@ -277,13 +277,13 @@ def test_faults_at_every_phase_boundary_then_the_next_run_converges(story):
 
     # 5. SIGTERM while the clone boots: verify cleans up, the candidate stays, exit 130
     term = story.start("refresh")
-    assert story.kill_at(term, r"booting 1 clone", signal.SIGTERM, after=3) == ExitCode.INTERRUPTED
+    assert story.kill_at(term, r"-verify-1: \w+ clone ready in", signal.SIGTERM, after=3) == ExitCode.INTERRUPTED
     assert "using candidate" in term.err and "destroying 1 clone" in term.err
     story.settled("SIGTERM in verify", candidates=1)
 
     # 6. SIGKILL while the clone boots: the verify clone is left (and the marker)
     kill = story.start("refresh")
-    story.kill_at(kill, r"booting 1 clone", after=3)
+    story.kill_at(kill, r"-verify-1: \w+ clone ready in", after=3)
     left = story.vms()
     assert LOCK in left and any(cfg.get("name", "").endswith("-verify-1") for cfg in left.values()), sorted(left)
 

@@ -310,7 +310,8 @@ class Verifier:
                      f"({', '.join(str(c.vmid) for c in bad)})")
         else:
             facts = {name: answers for run in runs for name, answers in run.facts.items()}
-            with self.progress.stage(f"running the checks across the {count} clones (machine-id, host keys)"):
+            across = f"the {count} clones" if count > 1 else "clones on the one clone"
+            with self.progress.stage(f"running the checks across {across} (machine-id, host keys)"):
                 runs.append(self._run_checks(booted, scope="cross", facts=facts))
         results.extend(merged_results(runs, [c.name for c in self.clones]))
         suite = [r for r in results if not r.id.startswith(("template.", "boot."))]
