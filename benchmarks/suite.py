@@ -1,0 +1,64 @@
+"""Where the test suite's time goes: the README's test command, timed, split by module and lane.
+
+    .venv/bin/python benchmarks/suite.py [-- PYTEST ARGS...]
+
+Runs ``pytest`` as the README's test command does (plus a JUnit file), then prints the wall time
+(goal: under 20 minutes on a 2-core machine), the fast lane (``-m "not vm"``, goal: under 2
+minutes) and the VM tests' summed test time, and every module's summed time, slowest first. Test
+times are pytest's own (setup + call + teardown of each test); with several workers (``-n``) they
+add up to more than the wall time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL_SUITE_S = 20 * 60
+GOAL_FAST_S = 2 * 60
+
+
+def vm_test_ids() -> set[str]:
+    """The node ids the `vm` marker selects (collected, not run)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "vm", "-p", "no:randomly"],
+                         cwd=REPO, capture_output=True, text=True).stdout
+    return {line.strip() for line in out.splitlines() if "::" in line}
+
+
+def main(argv: list[str]) -> int:
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    with tempfile.TemporaryDirectory(prefix="nixgold-suite-") as tmp:
+        junit = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra]
+        print("running:", " ".join(cmd), flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode
+        wall = time.monotonic() - t0
+        vm_ids = vm_test_ids()
+        per_module: dict[str, float] = defaultdict(float)
+        lanes = {"fast lane": 0.0, "vm": 0.0}
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            module = case.get("classname", "").rsplit(".", 1)[0].replace(".", "/") + ".py"
+            seconds = float(case.get("time") or 0)
+            per_module[module] += seconds
+            node = f"{module}::{case.get('name')}"
+            lanes["vm" if node in vm_ids else "fast lane"] += seconds
+    print(f"\nsuite: {wall / 60:.1f} min wall (exit {rc}; goal < {GOAL_SUITE_S // 60} min: "
+          f"{'met' if wall < GOAL_SUITE_S else 'NOT met'})")
+    print(f"  fast lane (-m 'not vm'): {lanes['fast lane']:.0f} s of test time (goal < {GOAL_FAST_S} s: "
+          f"{'met' if lanes['fast lane'] < GOAL_FAST_S else 'NOT met'}); vm tests: {lanes['vm'] / 60:.1f} min")
+    for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
+        print(f"  {seconds:7.1f} s  {module}")
+    print(f"load average now {os.getloadavg()[0]:.2f} (other work on this machine slows every figure)")
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
