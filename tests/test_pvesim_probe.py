@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
@@ -324,3 +325,37 @@ def test_linked_clone_refusal_names_the_volume(testbed, api):
         assert err.content == (f"Linked clone feature is not supported for '{testbed.storage}:425/vm-425-disk-0.qcow2' "
                                "(scsi0)")
         assert not any(v["vmid"] == 426 for v in node.qemu.get())
+
+
+# ------------------------------------------------------------------------------- boot order
+def test_a_deleted_boot_device_leaves_the_order_and_a_new_cd_joins_it(testbed, api):
+    """Q:2234-2240, 2274-2278, 2408-2419: deleting a configured device drops it from `boot: order=`;
+    a new CD drive is appended (packer-plugin-proxmox deletes its ISO drive after the conversion and
+    adds a cloud-init drive, which is no CD there: `drive_is_cdrom($drive, 1)`)."""
+    with vm(api, 427, ide2="none,media=cdrom", boot="order=ide2") as qemu:
+        qemu.config.put(ide3="none,media=cdrom")
+        assert qemu.config.get()["boot"] == "order=ide2;ide3"
+        qemu.config.put(scsi1=f"{testbed.storage}:cloudinit")
+        assert qemu.config.get()["boot"] == "order=ide2;ide3"
+        qemu.config.put(delete="ide2")
+        conf = qemu.config.get()
+        assert conf["boot"] == "order=ide3" and "ide2" not in conf
+        qemu.config.put(delete="ide3", boot="order=scsi1")  # an explicit boot wins
+        assert qemu.config.get()["boot"] == "order=scsi1"
+
+
+def test_ide_drives_on_q35_sit_on_pves_ahci_buses(testbed, api):
+    """qemu-server DriveDevice.pm:121-134: IDE index i is controller i/2, unit i%2; q35's AHCI has one
+    unit per bus, so an odd index moves up two buses (ide1 -> ide.2, ide2 -> ide.1)."""
+    with vm(api, 428, machine="q35", ide0="none,media=cdrom", ide1="none,media=cdrom", ide2="none,media=cdrom",
+            ide3="none,media=cdrom", start=True):
+        with testbed.enter():
+            (entry,) = [v for v in testbed.sim_admin.state()["vms"] if v["vmid"] == 428]
+        argv = (Path(entry["rundir"]) / "cmdline").read_text()
+        for index, bus in ((0, 0), (1, 2), (2, 1), (3, 3)):
+            assert f"ide-cd,bus=ide.{bus},unit=0,drive=drive-ide{index}," in argv, argv
+    with vm(api, 429, ide1="none,media=cdrom", ide2="none,media=cdrom", start=True):
+        with testbed.enter():
+            (entry,) = [v for v in testbed.sim_admin.state()["vms"] if v["vmid"] == 429]
+        argv = (Path(entry["rundir"]) / "cmdline").read_text()
+        assert "ide-cd,bus=ide.0,unit=1,drive=drive-ide1," in argv and "ide-cd,bus=ide.1,unit=0,drive=drive-ide2," in argv
