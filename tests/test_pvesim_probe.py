@@ -290,6 +290,19 @@ def test_query_parameters_win_over_the_body(testbed, api):
         assert conf["name"] == "from-query" and conf["description"] == "body only"
 
 
+def test_a_uri_parameter_repeated_in_the_body_must_agree(testbed, api):
+    """pve-manager PVE/HTTPServer.pm:160-167: a body parameter that is also in the URI is accepted
+    when equal (Telmate's proxmox-api-go sends `storage` again to download-url), else 400."""
+    with vm(api, 430) as qemu, testbed.enter():
+        path = f"/nodes/{testbed.node}/qemu/430/config"
+        resp = raw(testbed, "PUT", path, data={"vmid": "430", "node": testbed.node, "name": "same"})
+        assert resp.status_code == 200, resp.reason
+        assert qemu.config.get()["name"] == "same"
+        resp = raw(testbed, "PUT", path, data={"vmid": "431", "name": "other"})
+        assert resp.status_code == 400, resp.reason
+        assert resp.json()["errors"] == {"vmid": "duplicate parameter (already defined in URI) with conflicting values!"}
+
+
 def test_a_repeated_parameter_is_an_array(testbed, api):
     """AnyEvent.pm:908-915 makes `k=a&k=b` an array; RESTHandler.pm:499 joins it only for `-list`
     formats, so validation refuses it for a plain string: 400 "got ARRAY"."""
