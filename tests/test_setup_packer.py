@@ -13,81 +13,49 @@ the setup command; nothing is skipped.
 from __future__ import annotations
 
 import json
-import os
-import re
 import subprocess
 from pathlib import Path
 
+import hcl2
 import pytest
 
 from nixgold.packer.dialect import dialect_for_version, parse_packer_version
-import hcl2
-
 from nixgold.render.hcl import format_hcl, hcl_string
-from nixgold.render.packer_template import packer_template, render_hcl
 from nixgold.render.inputs import BUILD_KEY_PUB, HCL_FILE, HTTP_DIR, PACKER_DIR
+from nixgold.render.packer_template import packer_template, render_hcl
+from tests.helpers import packer_tools
 from tests.test_hcl import CASES, ISO_VARS, case_inputs, packer_env, run_packer, write_tree
 
 REPO = Path(__file__).resolve().parents[1]
-SETUP = REPO / "scripts" / "setup.sh"
-LINK = REPO / ".venv" / "bin" / "plugin-dialect-packer"
 PLUGIN_CASES = [case for case, (dialect, *_rest) in CASES.items() if dialect == "plugin"]
-
-
-def pinned_version() -> str:
-    match = re.search(r"^PACKER_VERSION=(\d+\.\d+\.\d+)\b", SETUP.read_text(), flags=re.M)
-    assert match, f"{SETUP} pins no PACKER_VERSION=x.y.z"
-    return match.group(1)
 
 
 def built_packer() -> Path:
     """The Packer setup.sh --dev built; fails (never skips) when it is missing or not that version."""
-    version = pinned_version()
-    hint = "run `bash scripts/setup.sh --dev`"
-    if not LINK.is_symlink() and not LINK.exists():
-        pytest.fail(f"Packer {version} for the plugin dialect is not set up ({LINK} is missing): {hint}")
-    binary = LINK.resolve()
-    if not binary.is_file():
-        pytest.fail(f"{LINK} points to {binary}, which does not exist: {hint}")
-    if binary.parent.name != f"packer-{version}" or binary.parent.parent.name != "nixgold-tools":
-        pytest.fail(f"{LINK} points to {binary}, not the cached nixgold-tools/packer-{version}/packer: {hint}")
-    result = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=60,
-                            env={"CHECKPOINT_DISABLE": "1", "PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
-    first = result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
-    if result.returncode != 0 or first != f"Packer v{version}":
-        pytest.fail(f"`{binary} version` printed {first or result.stderr.strip()!r} (exit {result.returncode}), "
-                    f"expected 'Packer v{version}': {hint}")
-    return binary
+    try:
+        return packer_tools.plugin_dialect_packer()
+    except packer_tools.ToolMissing as exc:
+        pytest.fail(str(exc))
+
+
+def installed_plugin() -> Path:
+    """packer-plugin-proxmox as setup.sh installed it for that Packer; fails (never skips) when missing."""
+    try:
+        return packer_tools.installed_proxmox_plugin()
+    except packer_tools.ToolMissing as exc:
+        pytest.fail(str(exc))
+
+
+def installed_plugin_dir() -> Path:
+    """The plugin directory (``PACKER_PLUGIN_PATH``) setup.sh installed packer-plugin-proxmox into."""
+    return packer_tools.plugin_dir(installed_plugin())
 
 
 def test_the_dev_setup_built_the_pinned_packer() -> None:
     binary = built_packer()
-    version = parse_packer_version(f"Packer v{pinned_version()}")
+    version = parse_packer_version(f"Packer v{packer_tools.pinned('PACKER_VERSION')}")
     assert version >= (1, 10, 0) and dialect_for_version(version) == "plugin"
     assert REPO not in binary.parents, "Packer's build must live outside the repository"
-
-
-def pinned_plugin_version() -> str:
-    match = re.search(r"^PROXMOX_PLUGIN_VERSION=(\d+\.\d+\.\d+)\b", SETUP.read_text(), flags=re.M)
-    assert match, f"{SETUP} pins no PROXMOX_PLUGIN_VERSION=x.y.z"
-    return match.group(1)
-
-
-def installed_plugin_dir() -> Path:
-    """The plugin directory where setup.sh installed packer-plugin-proxmox for the built Packer.
-
-    Asked from that Packer in the environment setup.sh ran in (``packer plugins installed``);
-    fails (never skips) when the pinned version is not there."""
-    packer = built_packer()
-    version = pinned_plugin_version()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PKR_", "PACKER_"))} | {"CHECKPOINT_DISABLE": "1"}
-    result = subprocess.run([str(packer), "plugins", "installed"], capture_output=True, text=True, timeout=60, env=env)
-    wanted = f"/github.com/hashicorp/proxmox/packer-plugin-proxmox_v{version}_x5.0_linux_amd64"
-    for line in result.stdout.splitlines():
-        if line.endswith(wanted):
-            return Path(line[: -len(wanted)])
-    pytest.fail(f"packer-plugin-proxmox {version} is not installed for {packer} (`packer plugins installed`: "
-                f"{result.stdout.strip() or result.stderr.strip() or 'nothing'}): run `bash scripts/setup.sh --dev`")
 
 
 def plugin_env(tmp: Path, text: str) -> dict[str, str]:
@@ -102,11 +70,10 @@ def plugin_env(tmp: Path, text: str) -> dict[str, str]:
 
 def test_the_dev_setup_installed_the_pinned_plugin() -> None:
     """The plugin Packer loads reports the pinned version itself, the version of the spec fixture."""
-    plugin = installed_plugin_dir() / "github.com/hashicorp/proxmox" / (
-        f"packer-plugin-proxmox_v{pinned_plugin_version()}_x5.0_linux_amd64")
+    plugin = installed_plugin()
     described = json.loads(subprocess.run([str(plugin), "describe"], capture_output=True, text=True, timeout=60,
                                           check=True).stdout)
-    assert described["version"] == pinned_plugin_version()
+    assert described["version"] == packer_tools.plugin_version(plugin) == packer_tools.pinned("PROXMOX_PLUGIN_VERSION")
     assert "iso" in described["builders"]
     spec = json.loads((REPO / "tests" / "fixtures" / "proxmox-iso-1.2.4.json").read_text())
     assert spec["_source"]["plugin_version"] == described["version"]
