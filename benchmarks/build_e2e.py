@@ -1,12 +1,16 @@
 """What a stand-in `invoke build-template` costs, split by stage, and what typing the boot_command costs.
 
-    .venv/bin/python benchmarks/build_e2e.py [--keep-bed] [--verify]
+    .venv/bin/python benchmarks/build_e2e.py [--dialect {bundled,plugin}] [--keep-bed] [--verify]
 
 On a private test bed (namespace ``ngbuild-<pid>``, no template imported) it uploads the stand-in
 installer ISO (``tests/testbed/images/installer_iso.py``) to ``local:iso/``, runs the REAL
-``invoke build-template`` (Debian's Packer 1.6.6, bundled dialect, password login) with
-``NIXGOLD_RENDER_OVERLAY=tests/testbed/standin`` inside the namespace, and prints:
+``invoke build-template`` with the Debian stand-in's install.sh/cleanup.sh rendered for the config
+(``NIXGOLD_RENDER_OVERLAY``, ``tests/testbed/standin``) inside the namespace, and prints:
 
+* first, the dialect and the versions the tools themselves report: ``bundled dialect, Packer 1.6.6``
+  (Debian's ``packer``, builder ``proxmox``, password login, SeaBIOS) or ``plugin dialect, Packer
+  1.16.0, plugin 1.2.4`` (``scripts/setup.sh --dev``'s Packer and packer-plugin-proxmox,
+  ``proxmox-iso``, API token, UEFI: the default config);
 * the wall time and each stage's share (from ``build/<id>/build.json``, written by nixgold from
   Packer's machine-readable output);
 * the boot_command: keystrokes (one ``sendkey`` API call each), the waits it contains, the measured
@@ -30,8 +34,27 @@ sys.path.insert(0, str(REPO))
 
 
 
+def tools_line(dialect: str) -> str:
+    """The first line: the dialect and the versions its tools report themselves."""
+    import shutil
+
+    from tests.helpers import packer_tools
+
+    if dialect == "bundled":
+        packer = shutil.which("packer")
+        if packer is None:
+            raise packer_tools.ToolMissing("`packer` (Debian's 1.6.6) is not installed: run `bash scripts/setup.sh`")
+        return f"bundled dialect, Packer {packer_tools.packer_version(packer)}"
+    packer = packer_tools.plugin_dialect_packer()
+    plugin = packer_tools.installed_proxmox_plugin()
+    return f"plugin dialect, Packer {packer_tools.packer_version(packer)}, plugin {packer_tools.plugin_version(plugin)}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dialect", choices=("bundled", "plugin"), default="bundled",
+                        help="bundled: Debian's Packer 1.6.6 (BIOS); plugin: Packer >= 1.10 + packer-plugin-proxmox "
+                             "(UEFI, the default config)")
     parser.add_argument("--keep-bed", action="store_true", help="leave the test bed up afterwards")
     parser.add_argument("--verify", action="store_true", help="also run --verify (generic profile, 1 clone)")
     parser.add_argument("--live-boot-wait", default="120s")
@@ -42,10 +65,17 @@ def main() -> int:
     from nixgold.units import duration_seconds
     from nixgold.config.load import load_config
     from nixgold.render.boot_command import boot_command
+    from tests.helpers.packer_tools import ToolMissing
     from tests.test_build_e2e import build_env, standin_overlay, upload_iso, write_config
     from tests.testbed.bed import Testbed
     from tests.testbed.images.installer_iso import build_installer_iso
 
+    try:
+        versions = tools_line(args.dialect)
+    except ToolMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(versions, flush=True)
     root = Path(tempfile.mkdtemp(prefix="nixgold-build-bench-"))
     bed = Testbed(root=root / "bed", netns=f"ngbuild-{os.getpid()}", log_fn=lambda m: None)
     t_bed = time.monotonic()
@@ -56,29 +86,40 @@ def main() -> int:
         upload_iso(bed, iso, "nixgold-standin-installer.iso")
         prep = time.monotonic() - t_iso
         work = root / "work"
-        config = write_config(work, bed, iso="nixgold-standin-installer.iso", live_boot_wait=args.live_boot_wait,
-                              extra="")
-        text = config.read_text().replace('key_interval = "10ms"', f'key_interval = "{args.key_interval}"')
+        if args.dialect == "plugin":
+            from tests.test_build_plugin_e2e import plugin_env
+            from tests.test_build_plugin_e2e import write_config as write_plugin_config
+
+            config = write_plugin_config(work, bed, vmid=9200, firmware="uefi",
+                                         iso=f'volume = "{bed.storage}:iso/nixgold-standin-installer.iso"')
+        else:
+            config = write_config(work, bed, iso="nixgold-standin-installer.iso", extra="")
+        text = config.read_text()
+        text = re.sub(r'^key_interval = ".*"$', f'key_interval = "{args.key_interval}"', text, flags=re.M)
+        text = re.sub(r'^live_boot_wait = ".*"$', f'live_boot_wait = "{args.live_boot_wait}"', text, flags=re.M)
         config.write_text(text)
+        overlay = standin_overlay(config, work / "standin")
+        if args.dialect == "plugin":
+            env = plugin_env(bed, config, overlay, (bed.token_id, bed.token_secret))
+        else:
+            env = build_env(bed, config, overlay)
         invoke = REPO / ".venv" / "bin" / "invoke"
         argv = ["ip", "netns", "exec", bed.netns, str(invoke), "-r", str(REPO), "build-template"]
         if args.verify:
             argv.append("--verify")
         t0 = time.monotonic()
-        overlay = standin_overlay(config, work / "standin")  # the stand-in's guest files for this config
-        result = subprocess.run(argv, env=build_env(bed, config, overlay), cwd=work, capture_output=True, text=True,
-                                timeout=7200)
+        result = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, timeout=7200)
         wall = time.monotonic() - t0
         if result.returncode != 0:
             print(result.stdout, result.stderr, sep="\n", file=sys.stderr)
             print(f"build failed (exit {result.returncode}) after {wall:.0f}s", file=sys.stderr)
             return 1
-        m = re.search(r"build (\S+) in (\S+) \(bundled dialect\)", result.stderr)
+        m = re.search(r"build (\S+) in (\S+) \((?:bundled|plugin) dialect\)", result.stderr)
         assert m, result.stderr
         report = json.loads((Path(m.group(2)) / "build.json").read_text())
         cfg = load_config(config, env={})
         typed = stats(boot_command(cfg), duration_seconds(cfg.build.key_interval))
-        print(f"stand-in build ({report['dialect']} dialect, Packer 1.6.6, TCG): wall {wall:.0f}s"
+        print(f"stand-in build ({report['dialect']} dialect, {cfg.vm.firmware}, TCG): wall {wall:.0f}s"
               f" (bed up {t_iso - t_bed:.0f}s and ISO build+upload {prep:.0f}s not included)")
         total = sum(s["seconds"] for s in report["stages"])
         for s in report["stages"]:

@@ -156,8 +156,8 @@ source "proxmox-iso" "nixos" {
     "u=http://{{ .HTTPIP }}:{{ .HTTPPort }};curl -fsS --retry-all-errors --retry 30 --retry-delay 2 $u/install.sh|sudo bash -s $u<enter>",
   ]
   http_content = {
-    "/install.sh"        = replace(file("${path.root}/../http/install.sh"), "{{", "{{\"{{\"}}")
-    "/configuration.nix" = replace(file("${path.root}/../http/configuration.nix"), "{{", "{{\"{{\"}}")
+    "/install.sh"        = replace(file("${abspath(path.root)}/../http/install.sh"), "{{", "{{\"{{\"}}")
+    "/configuration.nix" = replace(file("${abspath(path.root)}/../http/configuration.nix"), "{{", "{{\"{{\"}}")
     "/build_key.pub"     = var.build_public_key
   }
   communicator         = "ssh"

@@ -9,24 +9,24 @@
 #                   installs Debian's packer 1.6.6 (the "bundled" dialect: BIOS only).
 #   setup.sh --dev: Debian's packer 1.6.6 as `packer` (the tests' bundled dialect), and Packer
 #                   $PACKER_VERSION built into $tools_cache, linked as .venv/bin/plugin-dialect-packer;
-#                   tries to build packer-plugin-proxmox the same way.
-# Only package registries are contacted (apt, PyPI, the Go module proxy); nothing prebuilt is
-# downloaded: Packer is compiled here from its module's source.
+#                   builds packer-plugin-proxmox $PROXMOX_PLUGIN_VERSION into $tools_cache too and
+#                   installs it for that Packer (`packer plugins install --path`). The plugin's source
+#                   comes from its Go module; where the Go proxy does not serve that module's source
+#                   (it answers 403 for v1.2.4's zip on some proxies), from a local git mirror of
+#                   github.com/hashicorp/packer-plugin-proxmox ($NIXGOLD_PLUGIN_MIRROR, default
+#                   /work/.mirror/hashicorp+packer-plugin-proxmox/repo), used only when its tag
+#                   v$PROXMOX_PLUGIN_VERSION is the commit the proxy's .info names and has the
+#                   proxy's go.mod; the go command then checks the source against the checksum
+#                   database (sum.golang.org, through the proxy) exactly as for a download.
+#                   Neither route: one line, and setup goes on.
+# Only package registries are contacted (apt, PyPI, the Go module proxy and its checksum database);
+# nothing prebuilt is downloaded: Packer and the plugin are compiled here from their source.
 set -euo pipefail
 
 PACKER_VERSION=1.16.0         # github.com/hashicorp/packer, built from its Go module
 PROXMOX_PLUGIN_VERSION=1.2.4  # github.com/hashicorp/packer-plugin-proxmox, the plugin dialect's target
-
-cd "$(dirname "$0")/.."
-dev=false
-case "${1:-}" in
-  --dev) dev=true ;;
-  "") ;;
-  *) echo "usage: $0 [--dev]" >&2; exit 2 ;;
-esac
-
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+PROXMOX_PLUGIN_MODULE=github.com/hashicorp/packer-plugin-proxmox
+default_plugin_mirror=/work/.mirror/hashicorp+packer-plugin-proxmox/repo  # a bare git mirror of it
 
 export CHECKPOINT_DISABLE=1   # `packer version` would otherwise ask HashiCorp's checkpoint service
 tools_cache="${NIXGOLD_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nixgold-tools}"
@@ -49,11 +49,17 @@ find_go() {  # the go command: on PATH, or where the official tarball puts it
   fi
 }
 
-go_run() {  # go, fetching modules from the module proxy only (no VCS, no toolchain downloads)
+go_proxy() {  # the module proxies go_run uses: GOPROXY without direct/off, else proxy.golang.org
   local proxy
   proxy=$("$gocmd" env GOPROXY | tr ',|' '\n' | grep -vxE 'direct|off|' | paste -sd, - || true)
-  env GOPROXY="${proxy:-https://proxy.golang.org}" GONOPROXY= GOPRIVATE= GOTOOLCHAIN=local GOWORK=off \
-    GOFLAGS="-mod=mod -buildvcs=false" "$gocmd" "$@"
+  echo "${proxy:-https://proxy.golang.org}"
+}
+
+# go_run ARGS: go, fetching modules from the module proxy only (no VCS, no toolchain downloads);
+# $go_proxy_first (a file:// proxy, see stage_from_mirror) is asked before it.
+go_run() {
+  env GOPROXY="${go_proxy_first:+$go_proxy_first,}$(go_proxy)" GONOPROXY= GOPRIVATE= GONOSUMDB= \
+    GOTOOLCHAIN=local GOWORK=off GOFLAGS="-mod=mod -buildvcs=false" "$gocmd" "$@"
 }
 
 json_field() {  # json_field NAME < JSON
@@ -109,29 +115,125 @@ build_packer() {  # make $packer_cached Packer $PACKER_VERSION (cached); non-zer
   echo "[setup] built Packer $PACKER_VERSION in $((SECONDS - start))s: $packer_cached"
 }
 
-try_proxmox_plugin() {  # dev: build packer-plugin-proxmox from its Go module and install it; never fails
-  local log="${plugin_cached%/*}/build.log" rc=0 installed
-  if [ ! -x "$plugin_cached" ]; then
-    mkdir -p "${plugin_cached%/*}" && : >"$log"
-    echo "[setup] building packer-plugin-proxmox $PROXMOX_PLUGIN_VERSION from its Go module"
-    build_go_module github.com/hashicorp/packer-plugin-proxmox "$PROXMOX_PLUGIN_VERSION" "$plugin_cached" "$log" || rc=$?
+plugin_version() {  # plugin_version BINARY: "1.2.4" from `BINARY describe` (empty when it fails)
+  "$1" describe 2>/dev/null | json_field version 2>/dev/null || true
+}
+
+# stage_from_mirror MODULE VERSION MIRROR DIR: make DIR a file:// Go module proxy that serves
+# MODULE@vVERSION built from the git mirror's tag vVERSION, but only when that tag is exactly the
+# published release: the commit the module proxy's .info names (Origin.Hash) and, byte for byte,
+# the proxy's go.mod. The zip holds the tag's files (`git archive`) under MODULE@vVERSION/, the
+# module zip's layout; `go mod download` from DIR then checks its hash against the checksum
+# database (GOSUMDB, sum.golang.org through the proxy) like any download. Prints the commit;
+# on refusal prints why (one line) and exits 1. A subshell, every step checked.
+stage_from_mirror() (
+  module=$1 version=$2 mirror=$3 dir=$4 tag=v$2
+  if ! git -C "$mirror" rev-parse --git-dir >/dev/null 2>&1; then
+    echo "there is no git mirror of $module at $mirror (set NIXGOLD_PLUGIN_MIRROR to one)"
+    exit 1
+  fi
+  if ! commit=$(git -C "$mirror" rev-parse --verify -q "refs/tags/$tag^{commit}"); then
+    echo "the git mirror $mirror has no tag $tag"
+    exit 1
+  fi
+  if ! json=$(cd "$dir" && go_run list -m -json "$module@$tag" 2>&1); then
+    echo "the Go proxy does not describe $module@$tag either: $(tail -n 1 <<<"$json")"
+    exit 1
+  fi
+  read -r hash ref gomod < <(python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+o = m.get("Origin") or {}
+print(o.get("Hash") or "-", o.get("Ref") or "-", m.get("GoMod") or "-")' <<<"$json") || exit 1
+  if [ "$hash" != "$commit" ]; then
+    echo "refusing the git mirror $mirror: its tag $tag is commit $commit, but the Go proxy's $tag.info names commit $hash ($ref)"
+    exit 1
+  fi
+  if ! git -C "$mirror" show "$commit:go.mod" 2>/dev/null | cmp -s - "$gomod"; then
+    echo "refusing the git mirror $mirror: go.mod at its tag $tag ($commit) differs from the Go proxy's $tag.mod"
+    exit 1
+  fi
+  if [ "$(go_run env GOSUMDB)" = off ]; then
+    echo "GOSUMDB is off, so the go command would not check the mirror's source against the checksum database"
+    exit 1
+  fi
+  at="$dir/$module/@v"  # the proxy protocol's path (this module path has no upper-case letters to escape)
+  mkdir -p "$at" && cp "$gomod" "$at/$tag.mod" && echo "$tag" >"$at/list" || exit 1
+  printf '{"Version":"%s"}\n' "$tag" >"$at/$tag.info" || exit 1
+  # regular files only: a module zip has no directory entries (the hash covers every entry)
+  git -C "$mirror" archive --format=tar "$commit" | python3 -c '
+import sys, tarfile, zipfile
+prefix, out = sys.argv[1:3]
+with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+    for m in tar:
+        if m.isfile():
+            z.writestr(prefix + m.name, tar.extractfile(m).read())' "$module@$tag/" "$at/$tag.zip" || exit 1
+  echo "$commit"
+)
+
+try_proxmox_plugin() {  # dev: build packer-plugin-proxmox (cached) and install it for Packer; never fails
+  local dir="${plugin_cached%/*}" log rc=0 route stage out installed
+  local mirror="${NIXGOLD_PLUGIN_MIRROR:-$default_plugin_mirror}"
+  local name="packer-plugin-proxmox v$PROXMOX_PLUGIN_VERSION"
+  log="$dir/build.log"
+  if [ -x "$plugin_cached" ] && [ "$(plugin_version "$plugin_cached")" = "$PROXMOX_PLUGIN_VERSION" ]; then
+    echo "[setup] $name already built ($(cat "$dir/source" 2>/dev/null || echo "source unrecorded")): $plugin_cached"
+  else
+    mkdir -p "$dir" && : >"$log"
+    echo "[setup] building $name from its Go module $PROXMOX_PLUGIN_MODULE (log: $log)"
+    route="from its Go module $PROXMOX_PLUGIN_MODULE (go mod download)"
+    build_go_module "$PROXMOX_PLUGIN_MODULE" "$PROXMOX_PLUGIN_VERSION" "$plugin_cached" "$log" || rc=$?
     if [ "$rc" -eq 3 ]; then
-      echo "[setup] packer-plugin-proxmox v$PROXMOX_PLUGIN_VERSION: its Go module's source is not served by this Go proxy ($(go_run env GOPROXY)), so the plugin cannot be built here and the plugin-dialect end-to-end tests cannot run; continuing"
-      return 0
-    elif [ "$rc" -ne 0 ]; then
-      echo "[setup] warning: building packer-plugin-proxmox v$PROXMOX_PLUGIN_VERSION failed (log: $log); the plugin-dialect end-to-end tests cannot run; continuing" >&2
+      echo "[setup] the Go proxy ($(go_proxy)) does not serve $name's source; trying the git mirror $mirror"
+      stage=$(mktemp -d "$dir/.mirror.XXXXXX")
+      if out=$(stage_from_mirror "$PROXMOX_PLUGIN_MODULE" "$PROXMOX_PLUGIN_VERSION" "$mirror" "$stage" 2>>"$log"); then
+        route="from the git mirror $mirror, tag v$PROXMOX_PLUGIN_VERSION = commit $out (the commit and go.mod the Go proxy publishes; source checked against the checksum database)"
+        echo "[setup] building $name $route"
+        rc=0
+        go_proxy_first="file://$stage" build_go_module "$PROXMOX_PLUGIN_MODULE" "$PROXMOX_PLUGIN_VERSION" "$plugin_cached" "$log" || rc=$?
+      else
+        rm -rf "$stage"
+        echo "[setup] $name cannot be built here: the Go proxy ($(go_proxy)) does not serve its source and ${out:-the git mirror could not be used (log: $log)}; the plugin-dialect tests cannot run; continuing"
+        return 0
+      fi
+      rm -rf "$stage"
+    fi
+    if [ "$rc" -eq 0 ] && [ "$(plugin_version "$plugin_cached")" != "$PROXMOX_PLUGIN_VERSION" ]; then
+      echo "built binary does not describe itself as version $PROXMOX_PLUGIN_VERSION: $("$plugin_cached" describe 2>&1 | head -n 1)" >>"$log"
+      rm -f "$plugin_cached"
+      rc=1
+    fi
+    if [ "$rc" -ne 0 ]; then
+      echo "[setup] warning: building $name failed (log: $log, last lines below); the plugin-dialect tests cannot run; continuing" >&2
+      tail -n 5 "$log" | sed 's/^/[setup]   /' >&2
       return 0
     fi
+    echo "$route" >"$dir/source"
+    echo "[setup] built $name: $plugin_cached"
   fi
   installed=$("$packer_cached" plugins installed 2>/dev/null || true)
   if grep -q "github.com/hashicorp/proxmox/packer-plugin-proxmox_v${PROXMOX_PLUGIN_VERSION}_" <<<"$installed"; then
-    echo "[setup] packer-plugin-proxmox v$PROXMOX_PLUGIN_VERSION already installed"
+    echo "[setup] $name already installed for Packer $PACKER_VERSION"
   elif "$packer_cached" plugins install --path "$plugin_cached" github.com/hashicorp/proxmox; then
-    echo "[setup] installed packer-plugin-proxmox v$PROXMOX_PLUGIN_VERSION for Packer $PACKER_VERSION"
+    echo "[setup] installed $name for Packer $PACKER_VERSION (packer plugins install --path)"
   else
     echo "[setup] warning: packer plugins install --path $plugin_cached failed; continuing" >&2
   fi
 }
+
+# Sourced (the tests call the functions above): define them and stop here.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
+
+cd "$(dirname "$0")/.."
+dev=false
+case "${1:-}" in
+  --dev) dev=true ;;
+  "") ;;
+  *) echo "usage: $0 [--dev]" >&2; exit 2 ;;
+esac
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 # Which Packer: --dev always installs Debian's (the bundled dialect the tests run) and builds
 # Packer $PACKER_VERSION beside it; a user's setup picks one that builds the default config.

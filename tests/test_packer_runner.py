@@ -21,8 +21,10 @@ from nixgold.packer.output import (
     STAGE_CONVERT,
     STAGE_CREATE,
     STAGE_INSTALL,
+    STAGE_ISO,
     STAGE_ORDER,
     STAGE_PROVISION,
+    STAGE_START,
     STAGE_TYPING,
     StageTracker,
     parse_line,
@@ -320,6 +322,70 @@ def test_a_provisioner_scripts_stderr_is_guest_output_not_a_packer_error():
     builder = Builder.__new__(Builder)
     builder.dialect = "bundled"
     assert builder._packer166_unmount_bug(BuildOutcome(exit_status=1, tracker=t))
+
+
+def feed_plugin(name: str, first_stage: str = STAGE_START) -> StageTracker:
+    """A plugin-dialect fixture fed the way PackerRunner.build does (its first stage set up front)."""
+    tracker = StageTracker("plugin")
+    tracker.start(first_stage)
+    for raw in (FIXTURES / name).read_text().splitlines():
+        if raw.startswith("# ") and " validate " in raw:
+            continue
+        line = parse_line(raw)
+        if line is not None and line.message != "The configuration is valid.":
+            tracker.feed(line)
+    tracker.finish()
+    return tracker
+
+
+PLUGIN_BUILD = [STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_INSTALL, STAGE_PROVISION, STAGE_CONVERT]
+
+
+@pytest.mark.parametrize(("name", "first"), [("proxmox-plugin-uefi-download-built.log", STAGE_ISO),
+                                             ("proxmox-plugin-bios-volume-built.log", STAGE_START)])
+def test_real_plugin_builds_map_to_the_stages_in_order(name, first):
+    """Packer 1.16.0 + packer-plugin-proxmox 1.2.4 through the test bed: the stage table gives every
+    stage of a build, in order; PVE's download of the ISO says nothing, so it is the first stage."""
+    t = feed_plugin(name, first)
+    assert [s.name for s in t.spans] == [first, *PLUGIN_BUILD]
+    assert t.errors == [] and t.failed_stage is None and not t.interrupted and t.build_errors == []
+    assert t.artifact_id in ("9310", "9311")
+    assert any("nixgold-cleanup: cleanup finished" in line for line in t.guest_stderr)
+
+
+@pytest.mark.parametrize("name", ["proxmox-plugin-uefi-download-built.log", "proxmox-plugin-bios-volume-built.log",
+                                  "proxmox-plugin-install-failed.log", "proxmox-plugin-interrupt-typing.log"])
+def test_every_plugin_say_line_outside_provisioning_is_a_stage_or_noise(name):
+    """What the plugin and Packer say themselves (not a provisioner's output) is in the stage table,
+    Packer's cleanup, or its summary: no line of the real output goes unrecognised."""
+    provisioning = False
+    for raw in (FIXTURES / name).read_text().splitlines():
+        line = parse_line(raw)
+        if line is None or line.ui_kind != "say" or line.message == "The configuration is valid.":
+            continue
+        message = line.message
+        stage = stage_for("plugin", message)
+        if stage == STAGE_PROVISION:
+            provisioning = True
+        elif stage is not None or message in ("Stopping VM", "Deleting VM"):
+            provisioning = False
+        if provisioning:
+            continue
+        assert (stage is not None or message in ("Stopping VM", "Deleting VM") or output.NOISE_RE.match(message)
+                or line.ui_text.startswith("--> ")), message
+
+
+def test_real_plugin_interrupt_while_typing():
+    t = feed_plugin("proxmox-plugin-interrupt-typing.log")
+    assert t.interrupted and t.failed_stage == STAGE_TYPING
+    assert [s.name for s in t.spans] == [STAGE_START, STAGE_CREATE, STAGE_BOOT_WAIT, STAGE_TYPING, STAGE_CLEANUP]
+    assert t.errors == ["Error running boot command: context canceled"] and t.artifact_id is None
+
+
+def test_real_plugin_cleanup_after_nixgold_stopped_a_failed_install():
+    t = feed_plugin("proxmox-plugin-install-failed.log")
+    assert t.interrupted and t.failed_stage == STAGE_INSTALL
+    assert [s.name for s in t.spans][-2:] == [STAGE_INSTALL, STAGE_CLEANUP] and t.artifact_id is None
 
 
 def test_a_failing_provisioner_fails_the_provisioning_stage():

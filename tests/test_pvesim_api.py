@@ -451,6 +451,9 @@ def test_cli_functions_drive_a_running_bed(testbed, api):
 
 
 def test_download_url_into_iso_storage(testbed, api, tmp_path):
+    """pve-storage Status.pm download_url + pve-common Tools.pm download_file_from_url: a ``download``
+    worker named after the (normalized) file; the checksum checked after the download; an existing
+    file kept when its checksum matches, else refused; the extension checked."""
     import functools
     import hashlib
     import http.server
@@ -467,15 +470,77 @@ def test_download_url_into_iso_storage(testbed, api, tmp_path):
     try:
         url = f"http://{testbed.host}:{httpd.server_address[1]}/dl.iso"
         storage = node.storage(testbed.storage)
-        upid = storage("download-url").post(content="iso", filename="dl.iso", url=url, checksum=digest,
-                                            **{"checksum-algorithm": "sha256"})
-        assert Tasks.decode_upid(upid)["type"] == "download" and wait(prox, upid)["exitstatus"] == "OK"
-        assert any(i["volid"] == f"{testbed.storage}:iso/dl.iso" for i in storage.content.get(content="iso"))
+        sha = {"checksum": digest, "checksum-algorithm": "sha256"}
+        upid = storage("download-url").post(content="iso", filename="dl me!.iso", url=url, **sha)
+        assert Tasks.decode_upid(upid)["type"] == "download" and Tasks.decode_upid(upid)["id"] == "dl_me_.iso"
+        assert wait(prox, upid)["exitstatus"] == "OK"
+        log = [line["t"] for line in node.tasks(upid).log.get()]
+        assert "calculating checksum...OK, checksum verified" in log and log[-1] == "TASK OK"
+        assert any(i["volid"] == f"{testbed.storage}:iso/dl_me_.iso" for i in storage.content.get(content="iso"))
+        again = storage("download-url").post(content="iso", filename="dl_me_.iso", url=url, **sha)
+        assert wait(prox, again)["exitstatus"] == "OK"
+        assert "OK, got correct file already, no need to download" in [line["t"] for line in node.tasks(again).log.get()]
+        status = wait(prox, storage("download-url").post(content="iso", filename="dl_me_.iso", url=url,
+                                                         checksum="0" * 64, **{"checksum-algorithm": "sha256"}))
+        assert status["exitstatus"] == f"checksum mismatch: got '{digest}' != expect '{'0' * 64}', aborting"
+        status = wait(prox, storage("download-url").post(content="iso", filename="dl_me_.iso", url=url))
+        assert status["exitstatus"].startswith("refusing to override existing file '")
         status = wait(prox, storage("download-url").post(content="iso", filename="dl2.iso", url=url,
                                                          checksum="0" * 64, **{"checksum-algorithm": "sha256"}))
         assert status["exitstatus"] == f"checksum mismatch: got '{digest}' != expect '{'0' * 64}'"
+        assert not any(i["volid"].endswith("/dl2.iso") for i in storage.content.get(content="iso"))
         err = raises(lambda: storage("download-url").post(content="iso", filename="x.txt", url=url), 400)
         assert err.errors == {"filename": "wrong file extension"}
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_download_url_verifies_https_against_the_nodes_trust_store(testbed, api, tmp_path):
+    """download_file_from_url runs wget, which checks the server against the node's CA store unless
+    verify-certificates=0; a CA the admin added to the node (sim: trust_ca) is trusted from then on."""
+    import hashlib
+
+    from tests.testbed.https_files import HttpsFiles
+
+    prox, node = api
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "tls.iso").write_bytes(b"an iso over https\n" * 50)
+    sha = {"checksum": hashlib.sha256((tmp_path / "files" / "tls.iso").read_bytes()).hexdigest(),
+           "checksum-algorithm": "sha256"}
+    storage = node.storage(testbed.storage)
+    with HttpsFiles(testbed, tmp_path / "files") as mirror:
+        status = wait(prox, storage("download-url").post(content="iso", filename="tls1.iso", url=mirror.url("tls.iso"),
+                                                         **sha))
+        assert status["exitstatus"].startswith("download failed: ") and "CERTIFICATE_VERIFY_FAILED" in status["exitstatus"]
+        status = wait(prox, storage("download-url").post(content="iso", filename="tls2.iso", url=mirror.url("tls.iso"),
+                                                         **{"verify-certificates": 0}, **sha))
+        assert status["exitstatus"] == "OK"
+        with testbed.enter():
+            testbed.sim_admin.trust_ca(mirror.ca_pem)
+        status = wait(prox, storage("download-url").post(content="iso", filename="tls3.iso", url=mirror.url("tls.iso"),
+                                                         **sha))
+        assert status["exitstatus"] == "OK"
+        assert [r for r in mirror.requests if r[0] == "GET"] == [("GET", "/tls.iso", 200)] * 2
+    volids = {i["volid"] for i in storage.content.get(content="iso")}
+    assert {f"{testbed.storage}:iso/tls2.iso", f"{testbed.storage}:iso/tls3.iso"} <= volids
+    assert f"{testbed.storage}:iso/tls1.iso" not in volids
+
+
+def test_download_url_needs_allocate_template_and_network_access(testbed, api, tmp_path):
+    """Status.pm download_url permissions: Datastore.AllocateTemplate on the storage and Sys.Audit +
+    Sys.Modify on / or Sys.AccessNetwork on the node."""
+    prox, _ = api
+    with testbed.enter():
+        secret = testbed.sim_admin.add_token("nixgold@pve!dl-nonet", privs=["Datastore.AllocateTemplate"])
+        limited = testbed.proxmoxer(token_name="dl-nonet", token_value=secret)
+        storage = limited.nodes(testbed.node).storage(testbed.storage)
+        err = raises(lambda: storage("download-url").post(content="iso", filename="p.iso",
+                                                          url=f"http://{testbed.host}:9/p.iso"), 403)
+        assert err.content == "Permission check failed"  # an ['or', ...] check names no privilege
+        secret = testbed.sim_admin.add_token("nixgold@pve!dl-net", privs=["Datastore.AllocateTemplate",
+                                                                          "Sys.AccessNetwork"])
+        allowed = testbed.proxmoxer(token_name="dl-net", token_value=secret)
+        upid = allowed.nodes(testbed.node).storage(testbed.storage)("download-url").post(
+            content="iso", filename="p.iso", url=f"http://{testbed.host}:9/p.iso")
+        assert wait(prox, upid)["exitstatus"].startswith("download failed: ")  # allowed; nothing listens on :9

@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
@@ -289,6 +290,19 @@ def test_query_parameters_win_over_the_body(testbed, api):
         assert conf["name"] == "from-query" and conf["description"] == "body only"
 
 
+def test_a_uri_parameter_repeated_in_the_body_must_agree(testbed, api):
+    """pve-manager PVE/HTTPServer.pm:160-167: a body parameter that is also in the URI is accepted
+    when equal (Telmate's proxmox-api-go sends `storage` again to download-url), else 400."""
+    with vm(api, 430) as qemu, testbed.enter():
+        path = f"/nodes/{testbed.node}/qemu/430/config"
+        resp = raw(testbed, "PUT", path, data={"vmid": "430", "node": testbed.node, "name": "same"})
+        assert resp.status_code == 200, resp.reason
+        assert qemu.config.get()["name"] == "same"
+        resp = raw(testbed, "PUT", path, data={"vmid": "431", "name": "other"})
+        assert resp.status_code == 400, resp.reason
+        assert resp.json()["errors"] == {"vmid": "duplicate parameter (already defined in URI) with conflicting values!"}
+
+
 def test_a_repeated_parameter_is_an_array(testbed, api):
     """AnyEvent.pm:908-915 makes `k=a&k=b` an array; RESTHandler.pm:499 joins it only for `-list`
     formats, so validation refuses it for a plain string: 400 "got ARRAY"."""
@@ -384,3 +398,37 @@ def test_two_creates_of_one_vmid_exactly_one_wins_before_forking(api):
         assert wait(prox, upids[0])["exitstatus"] == "OK"
     finally:
         remove(prox, node, 431)
+
+
+# ------------------------------------------------------------------------------- boot order
+def test_a_deleted_boot_device_leaves_the_order_and_a_new_cd_joins_it(testbed, api):
+    """Q:2234-2240, 2274-2278, 2408-2419: deleting a configured device drops it from `boot: order=`;
+    a new CD drive is appended (packer-plugin-proxmox deletes its ISO drive after the conversion and
+    adds a cloud-init drive, which is no CD there: `drive_is_cdrom($drive, 1)`)."""
+    with vm(api, 447, ide2="none,media=cdrom", boot="order=ide2") as qemu:
+        qemu.config.put(ide3="none,media=cdrom")
+        assert qemu.config.get()["boot"] == "order=ide2;ide3"
+        qemu.config.put(scsi1=f"{testbed.storage}:cloudinit")
+        assert qemu.config.get()["boot"] == "order=ide2;ide3"
+        qemu.config.put(delete="ide2")
+        conf = qemu.config.get()
+        assert conf["boot"] == "order=ide3" and "ide2" not in conf
+        qemu.config.put(delete="ide3", boot="order=scsi1")  # an explicit boot wins
+        assert qemu.config.get()["boot"] == "order=scsi1"
+
+
+def test_ide_drives_on_q35_sit_on_pves_ahci_buses(testbed, api):
+    """qemu-server DriveDevice.pm:121-134: IDE index i is controller i/2, unit i%2; q35's AHCI has one
+    unit per bus, so an odd index moves up two buses (ide1 -> ide.2, ide2 -> ide.1)."""
+    with vm(api, 448, machine="q35", ide0="none,media=cdrom", ide1="none,media=cdrom", ide2="none,media=cdrom",
+            ide3="none,media=cdrom", start=True):
+        with testbed.enter():
+            (entry,) = [v for v in testbed.sim_admin.state()["vms"] if v["vmid"] == 448]
+        argv = (Path(entry["rundir"]) / "cmdline").read_text()
+        for index, bus in ((0, 0), (1, 2), (2, 1), (3, 3)):
+            assert f"ide-cd,bus=ide.{bus},unit=0,drive=drive-ide{index}," in argv, argv
+    with vm(api, 449, ide1="none,media=cdrom", ide2="none,media=cdrom", start=True):
+        with testbed.enter():
+            (entry,) = [v for v in testbed.sim_admin.state()["vms"] if v["vmid"] == 449]
+        argv = (Path(entry["rundir"]) / "cmdline").read_text()
+        assert "ide-cd,bus=ide.0,unit=1,drive=drive-ide1," in argv and "ide-cd,bus=ide.1,unit=0,drive=drive-ide2," in argv

@@ -51,8 +51,8 @@ from nixgold.config.model import Config
 from nixgold.errors import BuildError, Interrupted, NixgoldError
 from nixgold.lock import lock_path, read_lock
 from nixgold.packer.env import packer_environment, tool_environment
-from nixgold.packer.output import STAGE_BOOT_WAIT, STAGE_INSTALL, STAGE_TYPING, StageSpan, StageTracker, \
-    machine_readable_spellings
+from nixgold.packer.output import STAGE_BOOT_WAIT, STAGE_INSTALL, STAGE_ISO, STAGE_START, STAGE_TYPING, StageSpan, \
+    StageTracker, machine_readable_spellings
 from nixgold.packer.runner import BuildOutcome, PackerRunner
 from nixgold.progress import Progress, StageTiming
 from nixgold.proxmox.client import ProxmoxClient
@@ -123,6 +123,7 @@ class Builder:
         self._install_last: InstallReport | None = None
         self._install_failed: InstallReport | None = None
         self._last_beat = 0.0
+        self._iso_detail = ""
 
     # -- helpers ---------------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -142,6 +143,7 @@ class Builder:
         if old is not None:
             self.progress.timings.append(StageTiming(f"packer: {old.name}", old.seconds, ok=True))
         detail = {
+            STAGE_ISO: self._iso_detail,
             STAGE_BOOT_WAIT: f" ({self.config.build.boot_wait} for the ISO's boot menu)",
             STAGE_TYPING: f" ({self._typing.keystrokes} keys at {self.config.build.key_interval}/key, "
                           f"{self._typing.wait_seconds:.0f}s of waits)",
@@ -272,10 +274,15 @@ class Builder:
         self._check_cancel(f"before the build started (after --replace destroyed vmid {config.template.vmid})")
 
         on_error = "abort" if self.options.keep_on_error else "cleanup"
+        iso = inputs.iso
+        pve_downloads = dialect == "plugin" and iso is not None and iso.volume is None and iso.download_on_pve
+        self._iso_detail = " (the PVE node downloads it and checks its sha256)" if pve_downloads else \
+            " (Packer downloads it and uploads it to PVE)"
         outcome = runner.build(template_dir, dialect=dialect, on_error=on_error, on_stage=self._stage_line,
                                on_error_line=lambda line: self.say(f"packer error: {line}"),
                                on_guest_line=lambda line: self.say(f"guest: {line}"), on_tick=self._tick,
-                               cancel=self.cancel, say=self.say, cleanup_timeout=self.options.cleanup_timeout)
+                               cancel=self.cancel, say=self.say, cleanup_timeout=self.options.cleanup_timeout,
+                               first_stage=STAGE_ISO if pve_downloads else STAGE_START)
         tracker = outcome.tracker
         if tracker.spans:
             last = tracker.spans[-1]

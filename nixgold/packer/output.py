@@ -93,21 +93,25 @@ BUNDLED_RULES: tuple[StageRule, ...] = (
           "packer 1.6.6 builder/proxmox/common/step_finalize_template_config.go"),
 )
 
-#: packer-plugin-proxmox v1.2.4: builder/proxmox/common/step_*.go.
+#: packer-plugin-proxmox v1.2.4: the ``ui.Say`` strings of builder/proxmox/common/step_*.go, checked
+#: against its real machine-readable output (tests/fixtures/packer-output/proxmox-plugin-*.log).
+#: The ISO steps say nothing while they work: ``iso_download_pve`` (step_download_iso_on_pve.go)
+#: only logs, and step_upload_iso.go reports with ``ui.Message`` once done; so a build that lets PVE
+#: download the ISO starts in :data:`STAGE_ISO` (``PackerRunner.build(first_stage=...)``), and an
+#: upload shows as the SDK's download step (``Retrieving ISO``) until ``Creating VM``.
 PLUGIN_RULES: tuple[StageRule, ...] = (
-    _rule(r"^Uploading ISO|^Downloading ISO|^beginning download", STAGE_ISO,
-          "plugin v1.2.4 step_upload_iso.go / step_download_iso_on_pve.go"),
-    _rule(r"^Force set, checking for existing artifact|^found existing VM template|^No existing artifact found",
-          STAGE_CREATE, "plugin v1.2.4 step_start_vm.go"),
+    _rule(r"^Force set, checking for existing artifact|^found existing resource with ID|^Successfully deleted \d+$"
+          r"|^No existing artifact found", STAGE_CREATE, "plugin v1.2.4 step_start_vm.go"),
     _rule(r"^Creating VM$|^No VM ID given|^Generated VM ID was already allocated", STAGE_CREATE,
           "plugin v1.2.4 step_start_vm.go"),
     _rule(r"^Starting VM$", STAGE_CREATE, "plugin v1.2.4 step_start_vm.go"),
     _rule(r"^Waiting \S+ for boot$", STAGE_BOOT_WAIT, "plugin v1.2.4 step_type_boot_command.go"),
     _rule(r"^Typing the boot command$", STAGE_TYPING, "plugin v1.2.4 step_type_boot_command.go"),
     *_SDK_RULES,
-    _rule(r"^Stopping VM$", STAGE_CONVERT, "plugin v1.2.4 step_stop_vm.go / step_convert_to_template.go"),
+    _rule(r"^Stopping VM$", STAGE_CONVERT, "plugin v1.2.4 step_convert_to_template.go"),
     _rule(r"^Converting VM to template$", STAGE_CONVERT, "plugin v1.2.4 step_convert_to_template.go"),
-    _rule(r"^Adding a cloud-init cdrom", STAGE_CONVERT, "plugin v1.2.4 step_finalize_template_config.go"),
+    _rule(r"^Adding a cloud-init cdrom|^Hardware changes pending for VM|^Resuming VM$", STAGE_CONVERT,
+          "plugin v1.2.4 step_finalize_config.go"),
 )
 
 STAGE_RULES: dict[str, tuple[StageRule, ...]] = {"bundled": BUNDLED_RULES, "plugin": PLUGIN_RULES}

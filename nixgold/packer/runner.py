@@ -122,13 +122,16 @@ class PackerRunner:
               on_guest_line: Callable[[str], None] | None = None,
               on_tick: Callable[[StageTracker], None] | None = None,
               cancel: Cancel | None = None, say: Callable[[str], None] = lambda text: None,
-              cleanup_timeout: float = 900.0, clock: Callable[[], float] = time.monotonic) -> BuildOutcome:
+              cleanup_timeout: float = 900.0, clock: Callable[[], float] = time.monotonic,
+              first_stage: str = STAGE_START) -> BuildOutcome:
         """`packer build` under pexpect; returns when Packer exits (after its cleanup, if interrupted).
 
         ``cancel`` (:mod:`nixgold.signals`): the first signal is forwarded to Packer as SIGINT (it
         cleans up: stops and deletes the VM), the second only warns, the third kills Packer; so does
         the cleanup deadline. Everything runs in this loop, after every line and every quiet half
-        second, so a Packer that prints all the time cannot starve it.
+        second, so a Packer that prints all the time cannot starve it. ``first_stage``: the stage
+        until Packer's first stage line (:data:`STAGE_ISO` when the PVE node downloads the ISO,
+        which Packer does silently before ``Creating VM``).
         """
         import pexpect
 
@@ -139,7 +142,7 @@ class PackerRunner:
         self._log(f"# {self.path} {' '.join(args)}")
         tracker = StageTracker(dialect, clock=clock, redact=self.redact)
         started = clock()
-        first = tracker.start(STAGE_START)
+        first = tracker.start(first_stage)
         if on_stage:
             on_stage(*first)
         self._child = child = pexpect.spawn(self.path, args, env=self.env, cwd=str(self.cwd) if self.cwd else None,

@@ -13,7 +13,8 @@ Two dialects:
 :func:`packer_template` builds the python-hcl2 data, :func:`render_hcl` turns it into text
 that ``packer fmt -check`` accepts. Text never gets assembled by hand: data strings become
 HCL literals only through :func:`hcl_string`, and ``${...}`` appears only in references and
-function calls written in this module (``var.``, ``local.``, ``path.root``, ``file()``, ...).
+function calls written in this module (``var.``, ``local.``, ``path.root``, ``abspath()``,
+``file()``, ...).
 
 What shapes the output beyond the schemas:
 
@@ -111,6 +112,13 @@ _BUNDLED_DOWNLOAD_COMMENT = (
 def _path_root(relative: str) -> str:
     """A quoted template ``"${path.root}/<relative>"``; the path part is escaped data."""
     return '"${path.root}/' + hcl_string(relative)[1:-1] + '"'
+
+def _abs_path_root(relative: str) -> str:
+    """``"${abspath(path.root)}/<relative>"``, for ``file()``: Packer (1.16.0, hcl2template
+    ``Functions(basedir)``) resolves a relative path given to ``file()`` against the template's directory,
+    so ``file("${path.root}/../http/x")`` with ``packer build packer/`` would look in
+    ``packer/packer/../http``; an absolute path means the same file from any directory."""
+    return '"${abspath(path.root)}/' + hcl_string(relative)[1:-1] + '"'
 
 def _go_template_literal(code: str) -> str:
     """An expression whose string survives Packer's Go-template pass unchanged."""
@@ -238,7 +246,7 @@ def _http(inputs: RenderInputs) -> dict[str, Any]:
     http: dict[str, Any] = {}
     if inputs.dialect == "plugin":
         def served(name: str) -> str:
-            path = _path_root(f"../{HTTP_DIR}/{name}")
+            path = _abs_path_root(f"../{HTTP_DIR}/{name}")
             return expr(_go_template_literal(f"file({path})"))
 
         http["http_content"] = {

@@ -4,15 +4,20 @@ There is no NixOS ISO on the test machines, so ``invoke build-template`` builds 
 from this ISO instead (with the Debian ``install.sh``/``cleanup.sh`` in ``tests/testbed/standin``).
 It behaves like the NixOS minimal ISO where the build depends on it:
 
-* SeaBIOS boots it from the VM's CD drive (isolinux, El Torito) into a menu whose default
-  entry boots after 10 s, or at once on Enter (the boot_command's first key);
+* SeaBIOS (isolinux) and OVMF (systemd-boot, El Torito EFI image) boot it from the VM's CD
+  drive into a menu whose default entry boots after 10 s, or at once on Enter (the
+  boot_command's first key); the live kernel is Debian's generic one, so it finds the CD on
+  PIIX IDE (``pc``) and on AHCI (``q35``: PVE puts ``ide2`` on the ICH9 AHCI controller), like
+  the NixOS ISO's kernel;
 * the live system autologins **root on tty1** (the console ``sendkey`` types into), has
   sudo, curl and a DHCP address on eth0, and no way in over SSH (sshd runs, but root has
   no password and no key);
 * **no guest agent** runs in the live session (masked on the kernel command line), so
   Packer only finds the VM once the installed system is up;
 * the installed system is the ``good`` stand-in cloud image (``build.py``), copied by
-  install.sh from the ISO's base squashfs; its agent is enabled.
+  install.sh from the ISO's base squashfs; its agent is enabled. The live layer carries what
+  install.sh needs for either firmware: GRUB for BIOS, systemd-boot's EFI binary and mkfs.fat
+  for UEFI (GPT + ESP, like the NixOS install).
 
     from tests.testbed.images.installer_iso import build_installer_iso
     info = build_installer_iso()       # cached; cold build a few minutes, then instant
@@ -24,10 +29,14 @@ It behaves like the NixOS minimal ISO where the build depends on it:
 ISO layout (volume id ``NIXGOLD_STANDIN``)::
 
     isolinux/isolinux.bin ldlinux.c32 menu.c32 libutil.c32 isolinux.cfg boot.cat
-    live/vmlinuz                Debian cloud kernel (the installed system's)
+    boot/efiboot.img            El Torito EFI image (FAT): EFI/BOOT/BOOTX64.EFI = systemd-boot,
+                                loader/ (menu: the live entry), live/vmlinuz + live/initrd.img
+    live/vmlinuz                Debian's generic kernel (the live session's; the installed
+                                system keeps its cloud kernel)
     live/initrd.img             live-boot initramfs (the installed system has its own, normal one)
     live/filesystem.squashfs    layer 1: the installed system = the good stand-in tree, untouched
-    live/live.squashfs          layer 2 (on top): live-boot, curl, parted, rsync, GRUB (BIOS),
+    live/live.squashfs          layer 2 (on top): live-boot, the generic kernel's modules, curl,
+                                parted, rsync, GRUB (BIOS), systemd-boot (UEFI), dosfstools,
                                 the tty1 autologin shell, DHCP without cloud-init
     live/filesystem.module      the layer order for live-boot
     nixgold-standin.json        recipe hash, versions, command lines
@@ -40,7 +49,7 @@ Cache: ``<cache>/installer-iso-<recipe-hash>/installer.iso`` + ``installer.json`
 recipe hash covers the ``good`` image recipe (base tree, ``build.py``), this file and the
 host's isolinux. Built in a temporary directory and renamed into place.
 
-Host packages: squashfs-tools, xorriso, isolinux, syslinux-common (plus the image builder's);
+Host packages: squashfs-tools, xorriso, isolinux, syslinux-common, mtools (plus the image builder's);
 the live layer's packages come from the Debian mirror the base tree uses.
 """
 
@@ -85,21 +94,30 @@ PREFIX = "installer-iso"
 # The installed system is this image variant's tree.
 INSTALLED_VARIANT = "good"
 # What the live session adds on top of the installed tree. busybox: live-boot's initramfs
-# needs it; grub-pc-bin + grub2-common: grub-install for BIOS; the rest is for install.sh.
+# needs it; linux-image-amd64: the live kernel (the installed cloud kernel has no AHCI
+# driver, and q35 puts the CD on AHCI); grub-pc-bin + grub2-common: grub-install for BIOS;
+# systemd-boot-efi: the EFI boot manager of the ISO and of UEFI installs; dosfstools:
+# mkfs.fat for the ESP; the rest is for install.sh.
 LIVE_PACKAGES: tuple[str, ...] = (
     "live-boot",
     "live-boot-initramfs-tools",
     "busybox",
+    "linux-image-amd64",
     "curl",
     "parted",
     "rsync",
     "grub-pc-bin",
     "grub2-common",
+    "systemd-boot-efi",
+    "dosfstools",
 )
+# systemd-boot's EFI binary (Debian's systemd-boot-efi), copied to the ISO's EFI image and by
+# install.sh to the ESP.
+SYSTEMD_BOOT_EFI = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 # Drivers the live initramfs needs to find the ISO (IDE CD on ide2, or SCSI/SATA CD) and
 # stack its layers; the installed tree's initramfs.conf says MODULES=list.
 LIVE_INITRAMFS_MODULES: tuple[str, ...] = (
-    "ata_piix", "sr_mod", "cdrom", "isofs", "squashfs", "overlay", "loop", "virtio_scsi", "sd_mod", "ahci",
+    "ata_piix", "ahci", "sr_mod", "cdrom", "isofs", "squashfs", "overlay", "loop", "virtio_scsi", "sd_mod",
 )
 # systemd.mask=: the live session runs no guest agent (like the NixOS minimal ISO) and the
 # installed image's tty1 line logger gives way to the autologin shell. Kernel command line
@@ -114,6 +132,7 @@ LIVE_HOSTNAME = "nixgold-installer"
 # Printed on the serial console by root's login shell on tty1: the moment typing can start.
 LIVE_READY_MARKER = "nixgold-standin: live root shell ready on /dev/tty1"
 MENU_TIMEOUT_DS = 100  # isolinux TIMEOUT is in 1/10 s: 10 s, like the NixOS ISO's menu
+EFI_IMAGE = "boot/efiboot.img"  # on the ISO
 SQUASHFS_OPTS = ("-comp", "zstd", "-Xcompression-level", "15", "-b", "256K")
 ISOLINUX_FILES = {
     "isolinux.bin": ("/usr/lib/ISOLINUX/isolinux.bin",),
@@ -210,11 +229,12 @@ def build_installer_iso(cache_dir: Path | str | None = None, log: Log | None = p
 
 # -------------------------------------------------------------------- build
 def _check_host() -> None:
-    missing = [t for t in ("mksquashfs", "xorriso", "tar", "chroot", "mount") if shutil.which(t) is None]
+    missing = [t for t in ("mksquashfs", "xorriso", "tar", "chroot", "mount", "mformat", "mmd", "mcopy")
+               if shutil.which(t) is None]
     missing += [f"{name} ({' or '.join(c)})" for name, c in ISOLINUX_FILES.items() if not any(Path(p).is_file() for p in c)]
     if missing:
         raise ImageBuildError("cannot build the installer ISO, missing on the host: " + ", ".join(missing)
-                              + " (Debian packages squashfs-tools xorriso isolinux syslinux-common)")
+                              + " (Debian packages squashfs-tools xorriso isolinux syslinux-common mtools)")
 
 
 @contextlib.contextmanager
@@ -301,11 +321,13 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
             d.mkdir(mode=0o755)
             os.chmod(d, 0o755)
         live_versions: dict[str, str] = {}
+        efi_binary = scratch / "systemd-bootx64.efi"
         with _mounted(["-t", "overlay", "overlay", "-o",
                        f"lowerdir={root},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off,index=off,xino=off"],
                       merged):
-            _live_layer(merged, kver, base_meta["mirror"], iso / "live" / "initrd.img", stage)
+            live_kver = _live_layer(merged, kver, base_meta["mirror"], iso / "live", stage)
             live_versions = {k: v for k, v in base.package_versions(merged).items() if installed_versions.get(k) != v}
+            shutil.copy2(merged / SYSTEMD_BOOT_EFI.lstrip("/"), efi_binary)
         _clean_upper(upper)
         whiteouts = sorted(str(p.relative_to(upper)) for p in upper.rglob("*") if _is_whiteout(p))
         if whiteouts:
@@ -314,11 +336,12 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
         (iso / "live" / "filesystem.module").write_text("filesystem.squashfs\nlive.squashfs\n")
         stage(f"live.squashfs: {(iso / 'live/live.squashfs').stat().st_size >> 20} MiB")
 
-        # ---- boot files
-        shutil.copy2(kernels[0], iso / "live" / "vmlinuz")
+        # ---- boot files (the live kernel is in live/ already)
         for name, candidates in ISOLINUX_FILES.items():
             shutil.copy2(next(c for c in candidates if Path(c).is_file()), iso / "isolinux" / name)
         (iso / "isolinux" / "isolinux.cfg").write_text(isolinux_cfg())
+        _efi_image(iso, efi_binary, scratch / "efi")
+        stage(f"EFI image: {(iso / EFI_IMAGE).stat().st_size >> 20} MiB (systemd-boot)")
         meta = {
             "recipe_hash": rh,
             "volume_id": ISO_VOLUME_ID,
@@ -327,7 +350,9 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
             "base_hash": base_meta["base_hash"],
             "mirror": base_meta["mirror"],
             "kernel_version": kver,
+            "live_kernel_version": live_kver,
             "live_cmdline": LIVE_CMDLINE,
+            "efi_image": EFI_IMAGE,
             "installed_cmdline": INSTALLED_CMDLINE,
             "root_label": build.ROOT_LABEL,
             "live_ready_marker": LIVE_READY_MARKER,
@@ -346,9 +371,10 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
         argv = ["xorriso", "-as", "mkisofs", "-quiet", "-o", str(out / ISO_NAME), "-V", ISO_VOLUME_ID,
                 "-J", "-joliet-long", "-R",
                 "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat",
-                "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"]
+                "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
+                "-eltorito-alt-boot", "-e", EFI_IMAGE, "-no-emul-boot"]
         if ISOHYBRID_MBR.is_file():
-            argv += ["-isohybrid-mbr", str(ISOHYBRID_MBR)]
+            argv += ["-isohybrid-mbr", str(ISOHYBRID_MBR), "-isohybrid-gpt-basdat"]
         run([*argv, str(iso)])
         meta["iso_size"] = (out / ISO_NAME).stat().st_size
         meta["build_seconds"] = round(time.monotonic() - t0, 1)
@@ -357,6 +383,37 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
     finally:
         base.safe_rmtree(scratch)
         base.safe_rmtree(out)
+
+
+def systemd_boot_files() -> dict[str, str]:
+    """The ISO's systemd-boot menu (in the EFI image): the live entry, 10 s, Enter boots it."""
+    return {
+        "loader/loader.conf": f"timeout {MENU_TIMEOUT_DS // 10}\ndefault live.conf\neditor no\n",
+        "loader/entries/live.conf": ("title Stand-in live system (default; Enter boots now)\n"
+                                     "linux /live/vmlinuz\ninitrd /live/initrd.img\n"
+                                     f"options {LIVE_CMDLINE}\n"),
+    }
+
+
+def _efi_image(iso: Path, efi_binary: Path, scratch: Path) -> None:
+    """``EFI_IMAGE``: a FAT image OVMF boots from the ISO's El Torito EFI entry. systemd-boot reads
+    only its own file system, so the live kernel and initrd are copied into it."""
+    files = {"EFI/BOOT/BOOTX64.EFI": efi_binary, "live/vmlinuz": iso / "live" / "vmlinuz",
+             "live/initrd.img": iso / "live" / "initrd.img"}
+    scratch.mkdir(parents=True, exist_ok=True)
+    for rel, text in systemd_boot_files().items():
+        files[rel] = scratch / rel.replace("/", "_")
+        files[rel].write_text(text)
+    size = sum(f.stat().st_size for f in files.values()) + (4 << 20)
+    image = iso / EFI_IMAGE
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with image.open("wb") as fh:
+        fh.truncate(-(-size // (1 << 20)) << 20)
+    run(["mformat", "-i", str(image), "-v", "NGSTANDIN", "::"])
+    dirs = sorted({"/".join(rel.split("/")[:n]) for rel in files for n in range(1, rel.count("/") + 1)})
+    run(["mmd", "-i", str(image), *(f"::/{d}" for d in dirs)])
+    for rel, src in files.items():
+        run(["mcopy", "-i", str(image), str(src), f"::/{rel}"])
 
 
 def isolinux_cfg() -> str:
@@ -427,9 +484,10 @@ DHCP=ipv4
 """
 
 
-def _live_layer(merged: Path, kver: str, mirror: str, initrd_out: Path, stage: Callable[[str], None]) -> None:
+def _live_layer(merged: Path, kver: str, mirror: str, live_dir: Path, stage: Callable[[str], None]) -> str:
     """Install the live packages and settings into ``merged`` (an overlay: changes land in its upper
-    dir) and build the live initramfs into ``initrd_out``."""
+    dir), put the live kernel and its live-boot initramfs into ``live_dir`` (``vmlinuz``,
+    ``initrd.img``) and return the live kernel's version (``kver`` is the installed one's)."""
     # No automatic initramfs rebuild: the installed system's /boot/initrd.img stays the normal one.
     conf = merged / "etc/initramfs-tools/update-initramfs.conf"
     conf.write_text(conf.read_text().replace("update_initramfs=yes", "update_initramfs=no"))
@@ -447,12 +505,20 @@ def _live_layer(merged: Path, kver: str, mirror: str, initrd_out: Path, stage: C
         chroot(merged, *apt, "install", "-y", *LIVE_PACKAGES, timeout=1200)
         chroot(merged, "apt-get", "clean")
         stage(f"live packages installed: {' '.join(LIVE_PACKAGES)}")
+        live_kernels = [k for k in sorted((merged / "boot").glob("vmlinuz-*")) if k.name != f"vmlinuz-{kver}"]
+        if len(live_kernels) != 1:
+            raise ImageBuildError(f"expected one live kernel besides {kver} in /boot, found {live_kernels}")
+        live_kver = live_kernels[0].name.removeprefix("vmlinuz-")
 
         with open(merged / "etc/initramfs-tools/modules", "a") as fh:
             fh.write("# nixgold stand-in installer: the live medium\n" + "\n".join(LIVE_INITRAMFS_MODULES) + "\n")
-        chroot(merged, "mkinitramfs", "-o", "/tmp/initrd.live", kver, timeout=900)
-        shutil.move(merged / "tmp/initrd.live", initrd_out)
-        stage(f"live initramfs: {initrd_out.stat().st_size >> 20} MiB")
+        chroot(merged, "mkinitramfs", "-o", "/tmp/initrd.live", live_kver, timeout=900)
+        shutil.move(merged / "tmp/initrd.live", live_dir / "initrd.img")
+        shutil.move(live_kernels[0], live_dir / "vmlinuz")
+        # the live kernel's /boot files only live on the ISO (in the upper dir: gone, no whiteout)
+        for leftover in (merged / "boot").glob(f"*-{live_kver}"):
+            leftover.unlink()
+        stage(f"live kernel {live_kver}, initramfs: {(live_dir / 'initrd.img').stat().st_size >> 20} MiB")
     (merged / sources).unlink()
     (merged / "usr/sbin/policy-rc.d").unlink()
 
@@ -468,6 +534,7 @@ def _live_layer(merged: Path, kver: str, mirror: str, initrd_out: Path, stage: C
     (wants / "nixgold-live-shell.service").symlink_to("/etc/systemd/system/nixgold-live-shell.service")
     _write(merged, "root/.bash_profile", LIVE_BASH_PROFILE)
     _write(merged, "etc/issue", "nixgold stand-in installer (Debian 12 live) \\n \\l\n\n")
+    return live_kver
 
 
 # ---------------------------------------------------------------------- CLI

@@ -107,6 +107,10 @@ class SimAdmin:
         self._call("POST", "/_sim/users", {"userid": userid, "password": password, "roles": roles or [],
                                            "privs": privs or [], "path": path})
 
+    def trust_ca(self, pem: str) -> None:
+        """The node trusts this CA from now on (download-url verifies HTTPS servers against it)."""
+        self._call("POST", "/_sim/trusted-cas", {"pem": pem})
+
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/_sim/health")
 

@@ -14,6 +14,8 @@ of the config).  ``GET /_sim/health`` needs no auth (readiness probe).
     POST   /_sim/tokens                   {"tokenid": "u@pve!t", "privsep": true, "roles": [...], "privs": [...],
                                            "path": "/"} -> {"tokenid", "secret"}
     POST   /_sim/users                    {"userid": "u@pve", "password": "...", "roles": [...], "path": "/"}
+    POST   /_sim/trusted-cas              {"pem": "-----BEGIN CERTIFICATE-----..."}: the node trusts this CA
+                                          (its system trust store, as after update-ca-certificates)
     POST   /_sim/shutdown                 stop every guest and exit
 """
 from __future__ import annotations
@@ -113,6 +115,12 @@ def handle_control(server: "ApiServer", method: str, path: str, query: str, head
                 node.access.users[userid] = User(userid, body.get("password") or secrets.token_urlsafe(12))
             _grant(server, userid, body)
             return 200, {"data": {"userid": userid}}
+        if path == "/_sim/trusted-cas" and method == "POST":
+            pem = str(body["pem"])
+            if "-----BEGIN CERTIFICATE-----" not in pem:
+                raise ValueError("pem: a PEM certificate expected")
+            node.trusted_cas.append(pem)
+            return 200, {"data": len(node.trusted_cas)}
         if path == "/_sim/shutdown" and method == "POST":
             if server.on_shutdown_request:
                 threading.Thread(target=server.on_shutdown_request, daemon=True).start()

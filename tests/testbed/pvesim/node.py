@@ -115,6 +115,9 @@ class Node:
         else:
             self.dns = cloudinit.DnsDefaults.from_resolv_conf()
         self.locks = ConfigLocks()
+        # PEM CA certificates the node trusts beyond the system's (a PVE admin's
+        # update-ca-certificates): what download-url's wget verifies servers against
+        self.trusted_cas: list[str] = []
         self._io = threading.RLock()
         self.started = time.time()
         self._create_ep = schema.endpoint("POST", "/nodes/{node}/qemu")
@@ -437,6 +440,31 @@ class Node:
             if not exists or dev in delete:
                 raise die(f"invalid bootorder: device '{dev}' does not exist'")
 
+    @staticmethod
+    def boot_order_changes(conf: VMConf, values: dict[str, Any], delete: list[str]) -> str | None:
+        """The ``boot`` an update leaves pending besides an explicit one (None: unchanged).
+
+        qemu-server 9.1.19 Qemu.pm:2234-2240 takes ``order=`` of the current ``boot``; a deleted
+        option that is set and in it is dropped from it (2274-2278), a new CD drive that is not in
+        it is appended to it (2408-2419; ``drive_is_cdrom($drive, 1)``: a cloud-init drive is not a
+        CD there); ``print_bootorder`` writes ``order=a;b`` (an empty list: an empty value). An
+        explicit ``boot`` in the same request wins."""
+        m = re.search(r"(?:^|,)order=([^,]*)", conf.values.get("boot", ""))
+        order = split_list(m.group(1)) if m else []
+        if not order:
+            return None
+        new = list(order)
+        if "bootorder" not in delete:
+            new = [dev for dev in new if not (dev in delete and (dev in conf.values or dev in conf.pending))]
+        for key, val in values.items():
+            val = str(val)
+            if is_drive_key(key) and Node.is_cdrom(val) and not re.search(r"(^|:)cloudinit(,|$)", val.split(",")[0]) \
+                    and not Node.is_cloudinit_value(val) and key not in new:
+                new.append(key)
+        if new == order:
+            return None
+        return f"order={';'.join(new)}" if new else ""
+
     def apply_update(self, vmid: int, prep: dict[str, Any], ident: Identity, log_fn: Callable[[str], None]) -> None:
         """qemu-server update_vm_api: the part under the config lock."""
         values, delete, revert, force = prep["values"], prep["delete"], prep["revert"], prep["force"]
@@ -444,6 +472,9 @@ class Node:
             conf = self.load(vmid)
             self.check_update(conf, prep)
             self.check_boot_order(conf, values, delete)
+            boot = self.boot_order_changes(conf, values, delete)
+            if boot is not None and "boot" not in values:
+                values = {**values, "boot": boot}
             effective = conf.effective()
             # one cloud-init drive only
             new_ci = [k for k, v in values.items() if is_drive_key(k) and re.search(r"(^|:)cloudinit(,|$)", str(v).split(",")[0])]

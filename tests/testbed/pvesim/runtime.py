@@ -254,10 +254,13 @@ class QemuRuntime:
             boot = f",bootindex={bootindex[key]}" if key in bootindex else ""
             kind = "cd" if cdrom else "hd"
             if bus == "ide":
+                # qemu-server 9.1.19 DriveDevice.pm:121-134 print_drivedevice_full: controller = index / 2, unit =
+                # index % 2; on q35 (ICH9 AHCI: one unit per bus) an odd index moves up 2 buses:
+                # ide0 -> ide.0, ide1 -> ide.2, ide2 -> ide.1, ide3 -> ide.3
+                controller, unit = index // 2, index % 2
                 if q35:
-                    dev = f"ide-{kind},bus=ide.{index},unit=0"
-                else:
-                    dev = f"ide-{kind},bus=ide.{index // 2},unit={index % 2}"
+                    controller, unit = controller + 2 * unit, 0
+                dev = f"ide-{kind},bus=ide.{controller},unit={unit}"
             elif bus == "sata":
                 if not ahci:
                     argv += ["-device", "ahci,id=ahci0,multifunction=on"]

@@ -347,10 +347,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             msg = fail.message or "simulated failure"
             raise ApiError(int(fail.status), msg if msg.endswith("\n") else msg + "\n", errors=fail.errors)
         params = {**body_params, **self.form(query)}  # AnyEvent.pm:940-944: the query string wins
-        for key, value in uri_params.items():
-            if key in params:
-                raise param_error({key: "duplicate parameter (already defined in URI)"})
-            params[key] = value
+        # pve-manager PVE/HTTPServer.pm:160-167: a parameter also in the URI must have the same value
+        # (Telmate's proxmox-api-go repeats ``storage`` in download-url's body)
+        for key in sorted(params):
+            if key in uri_params and str(params[key]) != str(uri_params[key]):
+                raise param_error({key: "duplicate parameter (already defined in URI) with conflicting values!"})
+        params.update(uri_params)
         params.pop("_dc", None)
         normalize_legacy_params(ep, params)
         if ident is not None:

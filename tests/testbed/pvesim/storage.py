@@ -355,6 +355,10 @@ class StorageManager:
             for f in sorted(d.iterdir()) if d.is_dir() else []:
                 if not f.is_file() or f.name.startswith("."):
                     continue
+                # pve-storage Plugin.pm get_subdir_files: an ISO is listed only by its extension
+                # (a download's "<name>.iso.tmp_dwnl.<pid>" is not)
+                if ctype == "iso" and not re.search(r"\.(?:iso|img)$", f.name, re.I):
+                    continue
                 st = f.stat()
                 fmt = "iso" if ctype == "iso" else ("snippet" if ctype == "snippets" else f.suffix.lstrip("."))
                 out.append({"volid": f"{storeid}:{prefix}/{f.name}", "content": ctype, "format": fmt,

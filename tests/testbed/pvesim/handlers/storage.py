@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
-import tempfile
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -168,38 +169,97 @@ def upload(ctx: Ctx, p: dict[str, Any]) -> Any:
     return node.tasks.spawn("imgcopy", "", ctx.ident.authid, worker).text
 
 
+def normalize_content_filename(filename: str) -> str:
+    """pve-storage Storage.pm normalize_content_filename: chomp, strip any path, and every character
+    but ``[a-zA-Z0-9_.-]`` becomes ``_``."""
+    filename = filename[:-1] if filename.endswith("\n") else filename
+    return re.sub(r"[^a-zA-Z0-9_.-]", "_", re.sub(r"^.*[/\\]", "", filename, flags=re.S))
+
+
+def encode_text(text: str) -> str:
+    """pve-common ParseUtils.pm encode_text: control and high-bit characters, ``:`` and ``%``
+    percent-encoded (a worker id must not hold ``:``)."""
+    return "".join(c if 0x20 <= ord(c) <= 0x7e and c not in ":%" else
+                   "".join(f"%{b:02X}" for b in c.encode()) for c in text)
+
+
+def _assert_iso_content(path: Path) -> None:
+    """pve-storage Storage.pm assert_iso_content -> Plugin.pm file_size_info(path, undef,
+    'auto-detect', untrusted=1): qemu-img must read it, and an untrusted image has no backing file."""
+    import json
+    import subprocess
+
+    res = subprocess.run(["qemu-img", "info", "--output=json", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    if res.returncode != 0 or not res.stdout.strip():
+        raise TaskError("failed to verify file: failed to query file information with qemu-img")
+    if json.loads(res.stdout).get("backing-filename"):
+        raise TaskError(f"failed to verify file: backing file not allowed for untrusted image '{path}'!")
+
+
 @route("POST", ST + "/download-url")
 def download_url(ctx: Ctx, p: dict[str, Any]) -> Any:
+    """pve-storage API2/Storage/Status.pm download_url (privileges: the schema's ``permissions``)
+    and pve-common Tools.pm download_file_from_url, which it runs in a ``download`` worker."""
     node = ctx.node
-    content, filename = p["content"], str(p["filename"])
-    _check_name(content, filename)
-    node.storage.get(p["storage"])
-    url = str(p["url"])
+    content, url, storage = p["content"], str(p["url"]), p["storage"]
+    scfg = node.storage.get(storage)
+    if content not in scfg.content:  # Status.pm: before the filename is looked at
+        raise die(f"storage '{storage}' is not configured for content-type '{content}'")
+    filename = normalize_content_filename(str(p["filename"]))
+    # Status.pm: the extension per content type (Storage.pm ISO_EXT_RE_0, VZTMPL_EXT_RE_1,
+    # SAFE_CHAR_CLASS_RE + UPLOAD_IMPORT_EXT_RE_1, each matched at the end)
+    if content == "iso" and not re.search(r"[^/]+\.(?:iso|img)$", filename, re.I):
+        raise param_error({"filename": "wrong file extension"})
+    if content == "vztmpl" and not re.search(r"[^/]+\.(?:tar(?!\.)|tar\.(?:gz|xz|zst|bz2))$", filename, re.I):
+        raise param_error({"filename": "wrong file extension"})
+    if content == "import" and not re.search(r"[a-zA-Z0-9\-.+=_]+\.(?:ova|qcow2|raw|vmdk)$", filename):
+        raise param_error({"filename": "invalid filename or wrong extension"})
+    if content not in ("iso", "vztmpl", "import"):
+        raise param_error({"content": f"upload content-type '{content}' is not allowed"})
+    dest = node.storage.path(f"{storage}:{content}/{filename}")
+    dest.parent.mkdir(parents=True, exist_ok=True)  # Status.pm: File::Path::make_path
+    algo = p.get("checksum-algorithm")
+    expected = str(p["checksum"]) if p.get("checksum") else None
+    # verify-certificates defaults to 1: wget checks the server against the node's trust store
+    verify = p.get("verify-certificates") is not False
 
     def worker(task: Any) -> None:
         import ssl
 
-        task.log(f"downloading {url} to {filename}")
-        # The simulator always verifies TLS peers (system CAs); verify-certificates=0 is not honoured.
-        sslctx = ssl.create_default_context()
-        if p.get("verify-certificates") is False:
-            task.warn("verify-certificates=0 ignored: the simulator always verifies certificates")
-        with tempfile.NamedTemporaryFile(dir=node.state, delete=False) as tmp:
-            tmp_path = Path(tmp.name)
-            try:
-                with urllib.request.urlopen(url, timeout=60, context=sslctx) as resp:  # noqa: S310 (test bed)
-                    shutil.copyfileobj(resp, tmp)
-            except Exception as exc:
-                tmp_path.unlink(missing_ok=True)
-                raise TaskError(f"download failed: {exc}") from None
+        task.log(f"downloading {url} to {dest}")
+        if dest.exists():  # Tools.pm: an existing file is kept when its checksum matches, else refused
+            if expected:
+                task.log("calculating checksum of existing file...")
+                got = _checksum(dest, algo)
+                if got.lower() == expected.lower():
+                    task.log("OK, got correct file already, no need to download")
+                    return
+                raise TaskError(f"checksum mismatch: got '{got}' != expect '{expected}', aborting")
+            raise TaskError(f"refusing to override existing file '{dest}'")
+        tmp = dest.with_name(f"{dest.name}.tmp_dwnl.{threading.get_native_id()}")
         try:
-            if p.get("checksum"):
-                got = _checksum(tmp_path, p["checksum-algorithm"])
-                if got.lower() != str(p["checksum"]).lower():
-                    raise TaskError(f"checksum mismatch: got '{got}' != expect '{p['checksum']}'")
-            volid = node.storage.store_file(p["storage"], content, filename, tmp_path)
-            task.log(f"download of '{url}' to '{node.storage.path(volid)}' finished")
+            sslctx = ssl.create_default_context()
+            if node.trusted_cas:  # the node's system trust store (what update-ca-certificates adds)
+                sslctx.load_verify_locations(cadata="\n".join(node.trusted_cas))
+            if not verify:  # wget --no-check-certificate
+                sslctx.check_hostname = False
+                sslctx.verify_mode = ssl.CERT_NONE
+            try:
+                with urllib.request.urlopen(url, timeout=60, context=sslctx) as resp, tmp.open("wb") as out:  # noqa: S310
+                    shutil.copyfileobj(resp, out)
+            except Exception as exc:
+                raise TaskError(f"download failed: {exc}") from None
+            if expected:
+                got = _checksum(tmp, algo)
+                if got.lower() != expected.lower():
+                    raise TaskError(f"checksum mismatch: got '{got}' != expect '{expected}'")
+                task.log("calculating checksum...OK, checksum verified")
+            if content == "iso":
+                _assert_iso_content(tmp)
+            os.replace(tmp, dest)
         finally:
-            tmp_path.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        task.log(f"download of '{url}' to '{dest}' finished")
 
-    return node.tasks.spawn("download", "", ctx.ident.authid, worker).text
+    return node.tasks.spawn("download", encode_text(filename), ctx.ident.authid, worker).text
