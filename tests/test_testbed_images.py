@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.testbed.images import CMDLINE, VARIANTS, build_image, recipe_hash
+from tests.testbed.images.base import default_cache_dir
 from tests.testbed.images.base import PACKAGES
 from tests.testbed.images.build import PART_START
 from tests.testbed.images.guest import Guest, make_seed_iso, random_mac
@@ -84,6 +85,7 @@ def test_recipe_hash_is_stable_and_tracks_the_recipe():
 @pytest.mark.vm
 @pytest.mark.slow
 def test_build_is_cached(record_property):
+    before = set(default_cache_dir().glob(".tmp-*"))  # a persistent cache may hold a killed run's
     first = build_image("good")  # cold on a fresh machine, cached afterwards
     t0 = time.monotonic()
     again = build_image("good")
@@ -99,11 +101,29 @@ def test_build_is_cached(record_property):
     assert again.path.name == f"good-{again.recipe_hash}"
     for f in (again.disk, again.kernel, again.initrd):
         assert f.is_file() and f.parent == again.path
-    assert not list(again.path.parent.glob(".tmp-*")), "leftover temporary build directories"
+    left = set(again.path.parent.glob(".tmp-*")) - before
+    assert not left, f"temporary build directories left: {sorted(left)}"
     record_property("cold_build_seconds", meta["build_seconds"])
     record_property("cached_seconds", round(elapsed, 3))
     print(f"\nimage good: cold build {meta['build_seconds']}s (base debootstrap {meta['base_build_seconds']}s), "
           f"cached {elapsed * 1000:.1f} ms")
+
+
+def test_a_dead_builders_temporary_directory_goes_with_the_next_build(tmp_path, monkeypatch):
+    """Under the entry's lock no other builder of it runs: its ``.tmp-`` directories are a killed
+    build's (no ``finally`` ran) and the next build removes them; other entries' are left alone."""
+    from tests.testbed.images import build as image_build
+
+    rh = recipe_hash("good")
+    dead = tmp_path / f".tmp-good-{rh}-x1"
+    other = tmp_path / f".tmp-nixos-like-{recipe_hash('nixos-like')}-x2"
+    for d in (dead, other):
+        (d / "sub").mkdir(parents=True)
+    built = []
+    monkeypatch.setattr(image_build, "_build", lambda v, *a, **k: built.append((v.name, dead.exists())))
+    monkeypatch.setattr(image_build, "_info", lambda path, **k: path)
+    assert build_image("good", tmp_path, log=None) == tmp_path / f"good-{rh}"
+    assert built == [("good", False)] and other.is_dir()
 
 
 def test_console_cmdline():

@@ -25,6 +25,9 @@ from typing import Iterator
 import pytest
 
 from .bed import Testbed
+from .net import own_threads_in_net_inode
+
+_SESSION_BED: list[Testbed] = []  # the session's bed once the fixture made it (for the per-test check)
 
 
 def _leftovers(bed: Testbed) -> list[str]:
@@ -42,8 +45,27 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Testbed]:
     bed = Testbed(root=root, netns=f"ngbed-{os.getpid()}", log_fn=lambda msg: None)
     try:
         bed.up()
+        _SESSION_BED.append(bed)
         yield bed
     finally:
+        _SESSION_BED.clear()
         bed.down()
         left = _leftovers(bed)
         assert not left, f"test bed left things behind: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _no_thread_left_in_the_namespace() -> Iterator[None]:
+    """After every test (once the session's bed is up): no thread of this process is left inside the
+    bed's namespace. Such a thread (started inside ``enter()`` and still running) would only be
+    reported when the session's bed goes down, after the last test; here the test that left it fails
+    its teardown, naming the thread and where it is."""
+    yield
+    if not _SESSION_BED:
+        return
+    try:
+        ino = os.stat(_SESSION_BED[0].net.netns_path).st_ino
+    except OSError:
+        return
+    left = own_threads_in_net_inode(ino, others_only=True)  # a fixture may hold enter() itself
+    assert not left, "threads left running inside the test bed's namespace: " + "; ".join(left)

@@ -34,7 +34,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -317,8 +319,10 @@ class TestbedNetwork:
                     "processes still in the (deleted) namespace: "
                     + ", ".join(f"{p} ({_cmdline(p)[:80]})" for p in left)
                 )
-            if _thread_in_net_inode(os.getpid(), ino):
-                problems.append("a thread of this process is still inside the namespace (unbalanced enter())")
+            threads = own_threads_in_net_inode(ino)
+            if threads:
+                problems.append("threads of this process still inside the namespace (an unbalanced enter(), or "
+                                "threads started inside it that still run): " + "; ".join(threads))
         # Taps live and die with the namespace; one in the host namespace would be a leak.
         root_taps = [t for t in _root_ns_links() if t in taps_before]
         if root_taps:
@@ -434,17 +438,47 @@ def _pids_in_net_inode(ino: int) -> list[int]:
 
 
 def _thread_in_net_inode(pid: int, ino: int) -> bool:
+    return bool(_tids_in_net_inode(pid, ino))
+
+
+def _tids_in_net_inode(pid: int, ino: int) -> list[int]:
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return False
+        return []
+    tids = []
     for task in tasks:
         try:
             if os.stat(task / "ns" / "net").st_ino == ino:
-                return True
-        except OSError:
+                tids.append(int(task.name))
+        except (OSError, ValueError):
             continue
-    return False
+    return tids
+
+
+def own_threads_in_net_inode(ino: int, grace: float = 5.0, *, others_only: bool = False) -> list[str]:
+    """Threads of this process inside the namespace with inode ``ino``, after up to ``grace`` seconds
+    for them to end (paramiko's transport threads end a moment after their client is closed); each
+    described by its Python name and where it is (the innermost frames), so the leak can be found."""
+    deadline = time.monotonic() + grace
+    skip = {threading.get_native_id()} if others_only else set()
+    while True:
+        tids = [t for t in _tids_in_net_inode(os.getpid(), ino) if t not in skip]
+        if not tids or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    by_tid = {t.native_id: t for t in threading.enumerate()}
+    frames = sys._current_frames()  # noqa: SLF001 - diagnostics only
+    out = []
+    for tid in tids:
+        thread = by_tid.get(tid)
+        if thread is None:
+            out.append(f"native thread {tid} (not a Python thread)")
+            continue
+        where = traceback.extract_stack(frames[thread.ident])[-4:] if thread.ident in frames else []
+        out.append(f"thread {thread.name!r} (daemon={thread.daemon}) at "
+                   + " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(where)))
+    return out
 
 
 def _root_ns_links() -> list[str]:

@@ -290,6 +290,10 @@ def build_image(
     with base.file_lock(cache / ".locks" / f"{v.name}-{rh}.lock"):
         if not force and _complete(final):  # somebody else built it meanwhile
             return _info(final, built=False, seconds=time.monotonic() - t0)
+        # Under the lock no other builder of this entry runs: a temporary directory of it is a dead
+        # one's (a build killed before its ``finally``, e.g. a CI job that ran out of time).
+        for dead in cache.glob(f".tmp-{v.name}-{rh}-*"):
+            base.safe_rmtree(dead)
         _build(v, rh, cache, final, logf, t0)
     return _info(final, built=True, seconds=time.monotonic() - t0)
 
