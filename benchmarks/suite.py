@@ -1,16 +1,20 @@
 """Where the test suite's time goes: the README's test command, timed, split by module and lane.
 
-    .venv/bin/python benchmarks/suite.py [-- PYTEST ARGS...]
+    .venv/bin/python benchmarks/suite.py [--write-weights] [-- PYTEST ARGS...]
 
 Runs ``pytest`` as the README's test command does (plus a JUnit file), then prints the wall time
 (goal: under 20 minutes on a 2-core machine), the fast lane (``-m "not vm"``, goal: under 2
 minutes) and the VM tests' summed test time, and every module's summed time, slowest first. Test
 times are pytest's own (setup + call + teardown of each test); with several workers (``-n``) they
 add up to more than the wall time.
+
+``--write-weights``: after a run that passed, record every module's time in
+``tests/file-weights.json``; ``tests/conftest.py`` hands the files to the workers heaviest first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SUITE_S = 20 * 60
 GOAL_FAST_S = 2 * 60
+WEIGHTS = REPO / "tests" / "file-weights.json"
 
 
 def vm_test_ids() -> set[str]:
@@ -34,6 +39,7 @@ def vm_test_ids() -> set[str]:
 
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    write_weights = "--write-weights" in (argv[:argv.index("--")] if "--" in argv else argv)
     with tempfile.TemporaryDirectory(prefix="nixgold-suite-") as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra]
@@ -57,6 +63,9 @@ def main(argv: list[str]) -> int:
     for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:7.1f} s  {module}")
     print(f"load average now {os.getloadavg()[0]:.2f} (other work on this machine slows every figure)")
+    if write_weights and rc == 0:
+        WEIGHTS.write_text(json.dumps({m: round(s) for m, s in sorted(per_module.items())}, indent=1) + "\n")
+        print(f"wrote {WEIGHTS.relative_to(REPO)}")
     return rc
 
 

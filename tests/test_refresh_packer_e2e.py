@@ -90,7 +90,9 @@ def test_first_refresh_builds_with_packer_verifies_and_promotes(testbed, standin
         print(f"first refresh with Packer: {wall:.0f}s; phases: "
               + ", ".join(f"{p['name']} {p['seconds']:.0f}s" for p in data["phases"]))
 
-        verify = subprocess.run(argv(testbed, "verify", "--vmid", str(TEMPLATE)), env=env, cwd=tmp_path,
+        # The promoted template is a full clone of the candidate that passed with two clones (the checks
+        # across clones ran there): one clone of it proves the copy boots and passes every check.
+        verify = subprocess.run(argv(testbed, "verify", "--vmid", str(TEMPLATE), "--clones", "1"), env=env, cwd=tmp_path,
                                 capture_output=True, text=True, timeout=1800)
         assert verify.returncode == 0, f"stdout:\n{verify.stdout}\nstderr:\n{verify.stderr}"
         assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", verify.stdout)
