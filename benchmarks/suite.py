@@ -37,6 +37,17 @@ def vm_test_ids() -> set[str]:
     return {line.strip() for line in out.splitlines() if "::" in line}
 
 
+def module_of(classname: str) -> str:
+    """The test file of a JUnit ``classname``: ``tests.test_x`` (a test function) or
+    ``tests.test_x.TestY`` (a method) -> ``tests/test_x.py``: the longest dotted prefix that is a file."""
+    parts = classname.split(".")
+    for n in range(len(parts), 0, -1):
+        candidate = "/".join(parts[:n]) + ".py"
+        if (REPO / candidate).is_file():
+            return candidate
+    return classname.replace(".", "/") + ".py"
+
+
 def main(argv: list[str]) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     write_weights = "--write-weights" in (argv[:argv.index("--")] if "--" in argv else argv)
@@ -51,7 +62,7 @@ def main(argv: list[str]) -> int:
         per_module: dict[str, float] = defaultdict(float)
         lanes = {"fast lane": 0.0, "vm": 0.0}
         for case in ET.parse(junit).getroot().iter("testcase"):
-            module = case.get("classname", "").rsplit(".", 1)[0].replace(".", "/") + ".py"
+            module = module_of(case.get("classname", ""))
             seconds = float(case.get("time") or 0)
             per_module[module] += seconds
             node = f"{module}::{case.get('name')}"

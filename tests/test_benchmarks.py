@@ -36,3 +36,16 @@ def _is_module(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_the_suite_benchmark_finds_each_tests_file():
+    """benchmarks/suite.py sums pytest's JUnit times per test file: ``classname`` is the dotted module
+    (``tests.test_x``) for a test function and module + class for a method."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("suite", Path(__file__).resolve().parents[1] / "benchmarks/suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    assert suite.module_of("tests.test_config") == "tests/test_config.py"
+    assert suite.module_of("tests.test_config.TestSomething") == "tests/test_config.py"
+    assert suite.module_of("tests.no_such_file") == "tests/no_such_file.py"

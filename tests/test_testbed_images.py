@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.testbed.images import CMDLINE, VARIANTS, build_image, recipe_hash
-from tests.testbed.images.base import default_cache_dir
-from tests.testbed.images.base import PACKAGES
+from tests.testbed.images.base import PACKAGES, default_cache_dir
 from tests.testbed.images.build import PART_START
 from tests.testbed.images.guest import Guest, make_seed_iso, random_mac
 from tests.testbed.net import TestbedNetwork
@@ -85,7 +84,9 @@ def test_recipe_hash_is_stable_and_tracks_the_recipe():
 @pytest.mark.vm
 @pytest.mark.slow
 def test_build_is_cached(record_property):
-    before = set(default_cache_dir().glob(".tmp-*"))  # a persistent cache may hold a killed run's
+    # this entry's only: a persistent cache may hold a killed run's, the other worker may be building
+    mine = f".tmp-good-{recipe_hash('good')}-*"
+    before = set(default_cache_dir().glob(mine))
     first = build_image("good")  # cold on a fresh machine, cached afterwards
     t0 = time.monotonic()
     again = build_image("good")
@@ -101,7 +102,7 @@ def test_build_is_cached(record_property):
     assert again.path.name == f"good-{again.recipe_hash}"
     for f in (again.disk, again.kernel, again.initrd):
         assert f.is_file() and f.parent == again.path
-    left = set(again.path.parent.glob(".tmp-*")) - before
+    left = set(again.path.parent.glob(mine)) - before
     assert not left, f"temporary build directories left: {sorted(left)}"
     record_property("cold_build_seconds", meta["build_seconds"])
     record_property("cached_seconds", round(elapsed, 3))
@@ -109,21 +110,25 @@ def test_build_is_cached(record_property):
           f"cached {elapsed * 1000:.1f} ms")
 
 
-def test_a_dead_builders_temporary_directory_goes_with_the_next_build(tmp_path, monkeypatch):
-    """Under the entry's lock no other builder of it runs: its ``.tmp-`` directories are a killed
-    build's (no ``finally`` ran) and the next build removes them; other entries' are left alone."""
+def test_a_dead_builders_temporary_directories_go_with_the_next_build(tmp_path, monkeypatch):
+    """Under the entry's lock no other builder of it runs: its ``.tmp-`` directory in the cache and its
+    scratch tree in the work root are a killed build's (no ``finally`` ran), and the next build of that
+    entry removes them; other entries' are left alone."""
+    from tests.testbed.images import base
     from tests.testbed.images import build as image_build
 
     rh = recipe_hash("good")
-    dead = tmp_path / f".tmp-good-{rh}-x1"
-    other = tmp_path / f".tmp-nixos-like-{recipe_hash('nixos-like')}-x2"
-    for d in (dead, other):
+    shm = tmp_path / "shm"
+    monkeypatch.setattr(base, "work_root", lambda *a, **k: shm)
+    dead = [tmp_path / f".tmp-good-{rh}-x1", shm / f"nixgold-good-{rh}-x2"]
+    alive = [tmp_path / f".tmp-nixos-like-{recipe_hash('nixos-like')}-x3", shm / f"nixgold-good-{'0' * 16}-x4"]
+    for d in (*dead, *alive):
         (d / "sub").mkdir(parents=True)
     built = []
-    monkeypatch.setattr(image_build, "_build", lambda v, *a, **k: built.append((v.name, dead.exists())))
+    monkeypatch.setattr(image_build, "_build", lambda v, *a, **k: built.append([d.exists() for d in dead]))
     monkeypatch.setattr(image_build, "_info", lambda path, **k: path)
     assert build_image("good", tmp_path, log=None) == tmp_path / f"good-{rh}"
-    assert built == [("good", False)] and other.is_dir()
+    assert built == [[False, False]] and all(d.is_dir() for d in alive)
 
 
 def test_console_cmdline():

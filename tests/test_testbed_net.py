@@ -205,3 +205,27 @@ def test_cli_up_status_down():
         assert ns not in _netns_list()
     finally:
         TestbedNetwork(netns=ns).down()
+
+
+def test_a_thread_started_inside_and_still_running_is_found_and_named(net):
+    """What fails a test that leaves a thread in the bed's namespace (tests/testbed/fixtures.py) and
+    the bed's down(): the thread is found, with its name and where it waits; once it ended, nothing."""
+    from tests.testbed.net import own_threads_in_net_inode
+
+    net.up()
+    ino = os.stat(net.netns_path).st_ino
+    release = threading.Event()
+    with net.enter():
+        leaked = threading.Thread(target=release.wait, name="left-behind", daemon=True)
+        leaked.start()
+    try:
+        found = own_threads_in_net_inode(ino, grace=0.2)
+        assert list(found) == [leaked.native_id]
+        assert "thread 'left-behind' (daemon=True) at " in found[leaked.native_id] and " wait" in found[leaked.native_id]
+        assert own_threads_in_net_inode(ino, grace=0.2, skip=frozenset({leaked.native_id})) == {}
+        with pytest.raises(TestbedNetworkError, match="threads of this process still inside the namespace.*left-behind"):
+            net.down()
+    finally:
+        release.set()
+        leaked.join(5)
+    assert own_threads_in_net_inode(ino, grace=0.2) == {}

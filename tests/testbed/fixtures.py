@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,7 @@ from .bed import Testbed
 from .net import own_threads_in_net_inode
 
 _SESSION_BED: list[Testbed] = []  # the session's bed once the fixture made it (for the per-test check)
+_REPORTED: set[int] = set()  # leaked threads one test's teardown already failed for
 
 
 def _leftovers(bed: Testbed) -> list[str]:
@@ -67,5 +69,8 @@ def _no_thread_left_in_the_namespace() -> Iterator[None]:
         ino = os.stat(_SESSION_BED[0].net.netns_path).st_ino
     except OSError:
         return
-    left = own_threads_in_net_inode(ino, others_only=True)  # a fixture may hold enter() itself
-    assert not left, "threads left running inside the test bed's namespace: " + "; ".join(left)
+    # the calling thread: a fixture may hold enter() itself; the reported ones: only the test that
+    # left a thread fails for it, not every later test of the session
+    left = own_threads_in_net_inode(ino, skip=frozenset({threading.get_native_id(), *_REPORTED}))
+    _REPORTED.update(left)
+    assert not left, "threads left running inside the test bed's namespace: " + "; ".join(left.values())

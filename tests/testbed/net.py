@@ -322,7 +322,7 @@ class TestbedNetwork:
             threads = own_threads_in_net_inode(ino)
             if threads:
                 problems.append("threads of this process still inside the namespace (an unbalanced enter(), or "
-                                "threads started inside it that still run): " + "; ".join(threads))
+                                "threads started inside it that still run): " + "; ".join(threads.values()))
         # Taps live and die with the namespace; one in the host namespace would be a leak.
         root_taps = [t for t in _root_ns_links() if t in taps_before]
         if root_taps:
@@ -456,12 +456,12 @@ def _tids_in_net_inode(pid: int, ino: int) -> list[int]:
     return tids
 
 
-def own_threads_in_net_inode(ino: int, grace: float = 5.0, *, others_only: bool = False) -> list[str]:
-    """Threads of this process inside the namespace with inode ``ino``, after up to ``grace`` seconds
-    for them to end (paramiko's transport threads end a moment after their client is closed); each
-    described by its Python name and where it is (the innermost frames), so the leak can be found."""
+def own_threads_in_net_inode(ino: int, grace: float = 5.0, *, skip: frozenset[int] = frozenset()) -> dict[int, str]:
+    """Threads of this process inside the namespace with inode ``ino`` (native thread id -> what it
+    is), but those in ``skip``, after up to ``grace`` seconds for them to end (paramiko's transport
+    threads end a moment after their client is closed); each described by its Python name and where
+    it is (the innermost frames), so the leak can be found."""
     deadline = time.monotonic() + grace
-    skip = {threading.get_native_id()} if others_only else set()
     while True:
         tids = [t for t in _tids_in_net_inode(os.getpid(), ino) if t not in skip]
         if not tids or time.monotonic() >= deadline:
@@ -469,15 +469,15 @@ def own_threads_in_net_inode(ino: int, grace: float = 5.0, *, others_only: bool 
         time.sleep(0.1)
     by_tid = {t.native_id: t for t in threading.enumerate()}
     frames = sys._current_frames()  # noqa: SLF001 - diagnostics only
-    out = []
+    out = {}
     for tid in tids:
         thread = by_tid.get(tid)
         if thread is None:
-            out.append(f"native thread {tid} (not a Python thread)")
+            out[tid] = f"native thread {tid} (not a Python thread)"
             continue
         where = traceback.extract_stack(frames[thread.ident])[-4:] if thread.ident in frames else []
-        out.append(f"thread {thread.name!r} (daemon={thread.daemon}) at "
-                   + " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(where)))
+        out[tid] = (f"thread {thread.name!r} (daemon={thread.daemon}) at "
+                    + " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(where)))
     return out
 
 

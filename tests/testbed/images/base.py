@@ -184,6 +184,20 @@ def safe_rmtree(path: Path) -> None:
     subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
+def remove_dead_builds(cache: Path, entry: str) -> list[Path]:
+    """Call with the lock of cache entry ``entry`` (``<name>-<recipe hash>``) held: no other builder of
+    it runs, so its temporary directories (``<cache>/.tmp-<entry>-*``, and the scratch trees
+    ``nixgold-<entry>-*`` in the RAM-backed work root) are a killed build's (no ``finally`` ran: a CI
+    job out of time, a SIGKILL). Removes them (unmounting what debootstrap left) and returns them."""
+    dead = sorted(cache.glob(f".tmp-{entry}-*"))
+    shm = work_root(0)
+    if shm is not None:
+        dead += sorted(shm.glob(f"nixgold-{entry}-*"))
+    for d in dead:
+        safe_rmtree(d)
+    return dead
+
+
 def publish(out: Path, final: Path, meta_name: str, meta: dict) -> None:
     """Finish a cache entry: write its metadata file into ``out``, then move ``out`` to ``final``
     in one rename (replacing a stale entry), so readers see a complete entry or none."""
@@ -263,6 +277,7 @@ def ensure_base(cache_dir: Path, log: Log, *, packages: Sequence[str] | None = N
         tar = _find_base(cache_dir, h)
         if tar is not None:
             return tar, json.loads((final / "base.json").read_text())
+        remove_dead_builds(cache_dir, f"base-{h}")
         return _build_base(cache_dir, final, h, packages, mirror, log)
 
 

@@ -290,10 +290,7 @@ def build_image(
     with base.file_lock(cache / ".locks" / f"{v.name}-{rh}.lock"):
         if not force and _complete(final):  # somebody else built it meanwhile
             return _info(final, built=False, seconds=time.monotonic() - t0)
-        # Under the lock no other builder of this entry runs: a temporary directory of it is a dead
-        # one's (a build killed before its ``finally``, e.g. a CI job that ran out of time).
-        for dead in cache.glob(f".tmp-{v.name}-{rh}-*"):
-            base.safe_rmtree(dead)
+        base.remove_dead_builds(cache, f"{v.name}-{rh}")
         _build(v, rh, cache, final, logf, t0)
     return _info(final, built=True, seconds=time.monotonic() - t0)
 
@@ -330,7 +327,7 @@ def _build(v: Variant, rh: str, cache: Path, final: Path, log: Log, t0: float) -
             raise ImageBuildError(f"{tool} not found (see tests/testbed/images/README)")
     tarball, base_meta = base.ensure_base(cache, log, packages=_packages(v))
     stage(f"base tree ready: {tarball}")
-    scratch = Path(tempfile.mkdtemp(prefix=f"nixgold-image-{v.name}-", dir=base.work_root()))
+    scratch = Path(tempfile.mkdtemp(prefix=f"nixgold-{v.name}-{rh}-", dir=base.work_root()))
     out = Path(tempfile.mkdtemp(prefix=f".tmp-{v.name}-{rh}-", dir=cache))
     try:
         root = scratch / "root"

@@ -223,6 +223,7 @@ def build_installer_iso(cache_dir: Path | str | None = None, log: Log | None = p
     with base.file_lock(cache / ".locks" / f"{PREFIX}-{rh}.lock"):
         if not force and _complete(final):
             return _info(final, built=False, seconds=time.monotonic() - t0)
+        base.remove_dead_builds(cache, f"{PREFIX}-{rh}")
         _build(rh, cache, final, logf, t0)
     return _info(final, built=True, seconds=time.monotonic() - t0)
 
@@ -294,7 +295,7 @@ def _build(rh: str, cache: Path, final: Path, log: Log, t0: float) -> None:
     packages = (*base.PACKAGES, *getattr(variant, "extra_packages", ()))
     tarball, base_meta = base.ensure_base(cache, log, packages=packages)
     stage(f"base tree ready: {tarball}")
-    scratch = Path(tempfile.mkdtemp(prefix="nixgold-installer-iso-", dir=base.work_root(4 << 30)))
+    scratch = Path(tempfile.mkdtemp(prefix=f"nixgold-{PREFIX}-{rh}-", dir=base.work_root(4 << 30)))
     out = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}-{rh}-", dir=cache))
     try:
         # ---- layer 1: the installed system, exactly the good stand-in image's tree
