@@ -35,6 +35,7 @@ from nixgold.build.preflight import required_privileges
 from nixgold.config.load import load_config
 from nixgold.errors import ExitCode
 from nixgold.packer.output import STAGE_ISO
+from tests.helpers import procs
 from tests.helpers.background import BackgroundRun
 from tests.test_build_e2e import LIVE_BOOT_WAIT, invoke_argv, remove_vm, standin_overlay, upload_iso, vms
 from tests.test_setup_packer import built_packer, installed_plugin
@@ -183,7 +184,8 @@ def assert_plugin_template(cfg: dict[str, Any], manifest: dict[str, Any], *, vmi
         assert cfg["bios"] == "seabios" and "efidisk0" not in cfg
 
 
-def assert_built_and_verified(result: subprocess.CompletedProcess[str], *, vmid: int, first_stage: str | None) -> Path:
+def assert_built_and_verified(result: subprocess.CompletedProcess[str], *, vmid: int, first_stage: str | None,
+                              firmware: str) -> Path:
     out, err = result.stdout, result.stderr
     assert result.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
     stages = re.findall(r"^\[\s*\d+\.\ds\] packer: (?!still )(.+?)(?: \([^()]*\))? \.\.\.(?: \(.+ took [\d.]+s\))?$",
@@ -192,8 +194,11 @@ def assert_built_and_verified(result: subprocess.CompletedProcess[str], *, vmid:
     assert stages == expected, err
     assert re.search(rf"template {vmid} 'nixgold-plugin-e2e' on \S+ built \(plugin dialect", out), out
     assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", out), out
-    for check in ("template.efi-disk", "hostname.clone-name", "sshd.root-key-login", "cloud-init.done"):
+    for check in ("hostname.clone-name", "sshd.root-key-login", "cloud-init.done"):
         assert re.search(rf"^{re.escape(check)} +\S+ +(passed|skipped) ", out, re.M), (check, out)
+    # UEFI: the EFI disk is there (passed); SeaBIOS: none needed (skipped, saying so)
+    efi = "passed" if firmware == "uefi" else "skipped"
+    assert re.search(rf"^template\.efi-disk +\S+ +{efi} ", out, re.M), out
     steps = re.findall(r"\] install: (.+) \((\d+)/(\d+)\) \d+m\d\ds$", err, re.M)
     assert steps and [int(n) for _, n, _ in steps] == list(range(1, len(steps) + 1)), err
     return build_dir_of(err)
@@ -220,11 +225,23 @@ def test_uefi_build_with_the_iso_downloaded_by_pve_then_verify(testbed, before, 
                               iso=f'url = "{url}"\nsha256 = "{sha256}"\nstorage = "{testbed.storage}"')
         overlay = standin_overlay(config, tmp_path / "standin")
         t0 = time.monotonic()
-        result = subprocess.run(invoke_argv(testbed, "--verify"), env=plugin_env(testbed, config, overlay, build_token),
-                                cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+        argv = invoke_argv(testbed, "--verify")
+        proc = subprocess.Popen(argv, env=plugin_env(testbed, config, overlay, build_token), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sampler = procs.ArgvSampler(proc.pid)  # Packer 1.16, the plugin and its provisioner processes
+        try:
+            out, err = proc.communicate(timeout=3600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            argvs = sampler.stop()
+        result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         wall = time.monotonic() - t0
         fetched = [r for r in mirror.requests if r[0] == "GET"]
-    build_dir = assert_built_and_verified(result, vmid=vmid, first_stage=STAGE_ISO)
+    build_dir = assert_built_and_verified(result, vmid=vmid, first_stage=STAGE_ISO, firmware="uefi")
+    assert any("packer-plugin-proxmox" in a for a in argvs), sorted(argvs)  # the sampler saw the plugin run
+    for secret in (build_token[1], testbed.token_secret):
+        assert not [a for a in argvs if secret in a], "a secret is in a process's command line"
     assert fetched == [("GET", f"/{name}", 200)]  # PVE fetched it, once; Packer never did
     with testbed.enter():
         node = testbed.proxmoxer().nodes(testbed.node)
@@ -251,7 +268,7 @@ def test_bios_build_from_an_iso_volume_then_verify(testbed, before, plugin_packe
     result = subprocess.run(invoke_argv(testbed, "--verify"), env=plugin_env(testbed, config, overlay, build_token),
                             cwd=tmp_path, capture_output=True, text=True, timeout=3600)
     wall = time.monotonic() - t0
-    build_dir = assert_built_and_verified(result, vmid=vmid, first_stage=None)
+    build_dir = assert_built_and_verified(result, vmid=vmid, first_stage=None, firmware="bios")
     manifest = json.loads((build_dir / "manifest.json").read_text())
     assert manifest["iso"]["volume"] == standin_volume
     assert_plugin_template(template_config(testbed, vmid), manifest, vmid=vmid, firmware="bios")
