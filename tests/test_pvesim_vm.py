@@ -104,6 +104,7 @@ def ssh(testbed: Testbed, guest: GuestInfo, keypair, command: str) -> str:
                                pkey=paramiko.Ed25519Key.from_private_key_file(str(keypair[0])))
                 break
             except paramiko.AuthenticationException:
+                client.close()  # each connect() starts a transport thread; a refused one keeps running
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1)

@@ -540,6 +540,13 @@ def configure_tree(root: Path, v: Variant) -> None:
     if v.hostname_left:
         _write(root, "etc/hostname", v.hostname_left + "\n")
     chroot(root, "systemctl", "enable", "systemd-networkd.service", "systemd-networkd-wait-online.service")
+    # The DHCP identity is the NIC's MAC, as on the NixOS template: nixpkgs'
+    # nixos/modules/services/networking/dhcpcd.nix writes a dhcpcd.conf with neither `duid` nor
+    # `clientid`, so dhcpcd sends the hardware address as its client id (dhcpcd.conf(5)). networkd's
+    # default DUID comes from /etc/machine-id: with the machine-id-baked variant every clone would ask
+    # dnsmasq with one client id and get one address, a failure NixOS clones do not have.
+    _write(root, "etc/systemd/networkd.conf.d/nixgold-duid.conf",
+           "# nixgold test bed: DHCP client id from the MAC, like NixOS's dhcpcd\n[DHCPv4]\nDUIDType=link-layer\n")
     # Only wait for one link (eth0), and not forever.
     _write(
         root,
