@@ -293,3 +293,35 @@ def test_a_clone_that_never_comes_up_fails_its_boot_check_and_delays_no_other(te
     assert ("boot.agent", "nixgold-testbed-good-verify-2", "failed") in rows
     assert ("stub.ok", "nixgold-testbed-good-verify-1", "passed") in rows
     assert not any(r[0] == "stub.cross" for r in rows) and clones_left(testbed) == []
+
+
+def test_two_clones_at_one_address_fail_the_later_ones_boot_check(testbed, verify_env, tmp_path, monkeypatch):
+    """Clones that share a DHCP identity (a client id or DUID baked into the template) get one address
+    and SSH cannot tell them apart: the clone that reports the address second fails boot.address,
+    naming the first, and nothing is checked through that address for it; the first clone's own
+    checks run; the checks across clones do not (one clone up); exit 5. The clones boot for real;
+    the agent's answer for the second one is made the first one's address."""
+    import nixgold.verify.verifier as verifier_module
+
+    real = verifier_module.agent_addresses
+    first: list[str] = []
+
+    def one_address(interfaces: Any, mac: Any) -> list[str]:
+        got = real(interfaces, mac)
+        if got and not first:
+            first.append(got[0])
+        return [first[0]] if got else got
+
+    monkeypatch.setattr(verifier_module, "agent_addresses", one_address)
+    outcome, text = verify_env(vmid=TEMPLATE)
+    assert isinstance(outcome, ChecksFailed) and outcome.exit_code == ExitCode.VERIFY, text
+    results = json.loads((tmp_path / "verify.json").read_text())["results"]
+    (bad,) = [r for r in results if r["outcome"] in ("failed", "error")]
+    names = {"nixgold-testbed-good-verify-1", "nixgold-testbed-good-verify-2"}
+    (winner,) = names - {bad["target"]}
+    assert bad["id"] == "boot.address" and bad["target"] in names
+    assert f"reports {first[0]}, which clone {winner} reported first: two clones answer at one address" in bad["reason"]
+    passed = {(r["id"], r["target"]) for r in results if r["outcome"] == "passed"}
+    assert ("stub.ok", winner) in passed and not any(t == bad["target"] for i, t in passed if i.startswith("stub."))
+    assert ("boot.ssh", bad["target"]) not in passed and not any(r["id"] == "stub.cross" for r in results)
+    assert clones_left(testbed) == []

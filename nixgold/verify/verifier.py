@@ -110,6 +110,7 @@ class Verifier:
         self.clones: list[CloneRun] = []
         self._vmid_lock = threading.Lock()
         self._used_vmids: set[int] = set()
+        self._addresses: dict[str, str] = {}  # address -> the clone that reported it first
         self.key: sshkeys.EphemeralKey | None = None
         self.template: Template | None = None
         self.task_timeout = duration_seconds(config.build.task_timeout)
@@ -155,6 +156,13 @@ class Verifier:
             vmid = self.client.next_vmid(exclude=self._used_vmids)
             self._used_vmids.add(vmid)
             return vmid
+
+    def claim_address(self, clone: str, address: str) -> str | None:
+        """Record that ``clone`` answers at ``address``; the other clone of this run that reported it
+        first, if any (then SSH cannot tell the two apart: whatever answers ARP last gets the login)."""
+        with self._vmid_lock:
+            first = self._addresses.setdefault(address, clone)
+        return None if first == clone else first
 
     def parallel(self, fn: Callable[[CloneRun], None], clones: Sequence[CloneRun]) -> None:
         """Run ``fn`` for every clone at once; cancel the rest and re-raise the first error.
@@ -436,6 +444,16 @@ class Verifier:
                 return
             self.pause(AGENT_POLL)
         c.timings["agent_to_address"] = time.monotonic() - agent_up
+        other = self.claim_address(c.name, c.address)
+        if other is not None:  # no SSH or checks through an address that two clones answer at
+            c.boot_results.append(self._result(
+                "boot.address", c.name, "failed", c.timings["agent_to_address"],
+                f"the guest agent reports {c.address}, which clone {other} reported first: two clones answer at "
+                f"one address, so neither can be checked over SSH for certain (they share a DHCP identity: a "
+                f"client id or DUID baked into the template, often derived from /etc/machine-id)",
+                "the guest agent reports a routable address"))
+            self.say(f"{c.vmid} reports address {c.address}, which {other} has too")
+            return
         c.boot_results.append(self._result("boot.address", c.name, "passed", c.timings["agent_to_address"],
                                            summary="the guest agent reports a routable address"))
         self.say(f"{c.vmid} agent up after {c.timings['boot_to_agent']:.1f}s, address {c.address}")
