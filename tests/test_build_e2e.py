@@ -74,18 +74,24 @@ LIVE_BOOT_WAIT = "120s"
 
 
 def write_config(directory: Path, testbed: Any, *, iso: str, vmid: int = VMID, ssh_timeout: str = "20m",
-                 boot_wait: str = "5s", live_boot_wait: str = LIVE_BOOT_WAIT, extra: str = "") -> Path:
+                 boot_wait: str = "5s", live_boot_wait: str = LIVE_BOOT_WAIT, extra: str = "",
+                 firmware: str = "bios", name: str = "nixgold-e2e", iso_section: str | None = None,
+                 dialect: str = "bundled", packer: Path | None = None) -> Path:
+    """A config for the bed. ``iso``: an ISO volume's name on the bed's storage, or ``iso_section``:
+    the TOML lines of the [iso] section; ``packer``: [build] packer (the plugin dialect's binary)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "nixgold.toml"
+    iso_lines = iso_section if iso_section is not None else f'volume = "{testbed.storage}:iso/{iso}"'
+    packer_line = f'packer = "{packer}"' if packer else ""
     path.write_text(f"""
 [proxmox]
 node = "{testbed.node}"
 url = "{testbed.url}"
 [template]
 vmid = {vmid}
-name = "nixgold-e2e"
+name = "{name}"
 [vm]
-firmware = "bios"
+firmware = "{firmware}"
 storage = "{testbed.storage}"
 disk_format = "qcow2"
 disk_size = "8G"
@@ -94,9 +100,10 @@ memory = 1024
 cores = 1
 cpu_type = "host"
 [iso]
-volume = "{testbed.storage}:iso/{iso}"
+{iso_lines}
 [build]
-dialect = "bundled"
+dialect = "{dialect}"
+{packer_line}
 boot_wait = "{boot_wait}"
 live_boot_wait = "{live_boot_wait}"
 key_interval = "10ms"
@@ -318,14 +325,7 @@ def test_failing_install_step_stops_the_build_at_once(testbed, before, standin_i
     assert broken != text
     script.write_text(broken)
     run = BackgroundRun(invoke_argv(testbed), build_env(testbed, config, overlay), tmp_path)
-    try:
-        run.wait_for(r"install: FAILED in step", timeout=900)
-        failed_at = time.monotonic()
-        rc = run.finish(timeout=300)
-        took = time.monotonic() - failed_at
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+    rc, took = run.end_after(r"install: FAILED in step", timeout=900)
     err = run.err
     assert rc == ExitCode.BUILD, err
     assert took < 60, f"the build ended {took:.0f}s after install.sh reported its failure"

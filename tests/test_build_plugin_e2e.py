@@ -37,7 +37,8 @@ from nixgold.errors import ExitCode
 from nixgold.packer.output import STAGE_ISO
 from tests.helpers import procs
 from tests.helpers.background import BackgroundRun
-from tests.test_build_e2e import LIVE_BOOT_WAIT, invoke_argv, remove_vm, standin_overlay, upload_iso, vms
+from tests.test_build_e2e import invoke_argv, remove_vm, standin_overlay, upload_iso, vms
+from tests.test_build_e2e import write_config as build_e2e_config
 from tests.test_setup_packer import built_packer, installed_plugin
 
 pytestmark = pytest.mark.vm
@@ -53,41 +54,8 @@ BUILD_STAGES = ("creating the VM", "boot wait", "typing the boot command", "wait
 
 def write_config(directory: Path, testbed: Any, *, vmid: int, firmware: str, iso: str, ssh_timeout: str = "20m") -> Path:
     """A plugin-dialect config for the bed; ``iso``: the TOML lines of the [iso] section."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "nixgold.toml"
-    path.write_text(f"""
-[proxmox]
-node = "{testbed.node}"
-url = "{testbed.url}"
-[template]
-vmid = {vmid}
-name = "nixgold-plugin-e2e"
-[vm]
-firmware = "{firmware}"
-storage = "{testbed.storage}"
-disk_format = "qcow2"
-disk_size = "8G"
-bridge = "{testbed.bridge}"
-memory = 1024
-cores = 1
-cpu_type = "host"
-[iso]
-{iso}
-[build]
-dialect = "plugin"
-packer = "{built_packer()}"
-boot_wait = "5s"
-live_boot_wait = "{LIVE_BOOT_WAIT}"
-key_interval = "10ms"
-ssh_timeout = "{ssh_timeout}"
-output_dir = "{directory / 'build'}"
-[verify]
-profile = "generic"
-clones = 1
-agent_timeout = "12m"
-ssh_timeout = "5m"
-""")
-    return path
+    return build_e2e_config(directory, testbed, iso="", iso_section=iso, vmid=vmid, firmware=firmware,
+                            ssh_timeout=ssh_timeout, name="nixgold-plugin-e2e", dialect="plugin", packer=built_packer())
 
 
 @pytest.fixture(scope="module")
@@ -290,14 +258,7 @@ def test_failing_install_stops_the_build_at_once_and_leaves_no_vm(testbed, befor
     assert broken != text
     script.write_text(broken)
     run = BackgroundRun(invoke_argv(testbed), plugin_env(testbed, config, overlay, build_token), tmp_path)
-    try:
-        run.wait_for(r"install: FAILED in step", timeout=900)
-        failed_at = time.monotonic()
-        rc = run.finish(timeout=300)
-        took = time.monotonic() - failed_at
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+    rc, took = run.end_after(r"install: FAILED in step", timeout=900)
     err = run.err
     assert rc == ExitCode.BUILD, err
     assert took < 60, f"the build ended {took:.0f}s after install.sh reported its failure"
@@ -316,16 +277,14 @@ def test_ctrl_c_while_typing_the_boot_command_leaves_no_vm(testbed, before, plug
     config = write_config(tmp_path, testbed, vmid=9313, firmware="uefi", iso=f'volume = "{standin_volume}"')
     overlay = standin_overlay(config, tmp_path / "standin")
     run = BackgroundRun(invoke_argv(testbed), plugin_env(testbed, config, overlay, build_token), tmp_path)
-    try:
-        run.wait_for(r"packer: typing the boot command", timeout=300)
-        assert any(int(v["vmid"]) == 9313 for v in vms(testbed))  # the build VM exists and runs
-        t0 = time.monotonic()
+    running: list[bool] = []
+
+    def interrupt() -> None:
+        running.append(any(int(v["vmid"]) == 9313 for v in vms(testbed)))  # the build VM exists and runs
         run.proc.send_signal(signal.SIGINT)
-        rc = run.finish(timeout=300)
-        took = time.monotonic() - t0
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+
+    rc, took = run.end_after(r"packer: typing the boot command", timeout=300, then=interrupt)
+    assert running == [True]
     err = run.err
     assert rc == ExitCode.INTERRUPTED, err
     assert re.search(r"interrupted by SIGINT during 'typing the boot command'; Packer cleaned up; no VM of build", err)

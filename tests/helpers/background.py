@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 
 class BackgroundRun:
@@ -40,6 +41,22 @@ class BackgroundRun:
         rc = self.proc.wait(timeout)
         self._reader.join(10)
         return rc
+
+    def end_after(self, pattern: str, *, timeout: float, then: Callable[[], None] | None = None,
+                  finish_timeout: float = 300) -> tuple[int, float]:
+        """Wait for a stderr line matching ``pattern``, do ``then`` (e.g. send a signal), wait for the
+        process to end: (exit code, seconds from the match to the end). The process is killed if
+        anything fails on the way."""
+        try:
+            self.wait_for(pattern, timeout=timeout)
+            if then is not None:
+                then()
+            t0 = time.monotonic()
+            rc = self.finish(timeout=finish_timeout)
+            return rc, time.monotonic() - t0
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
 
     @property
     def err(self) -> str:
