@@ -37,7 +37,8 @@ from nixgold.errors import ExitCode
 from nixgold.packer.output import STAGE_ISO
 from tests.helpers import procs
 from tests.helpers.background import BackgroundRun
-from tests.test_build_e2e import invoke_argv, remove_vm, standin_overlay, upload_iso, vms
+from tests.test_build_e2e import invoke_argv, standin_overlay, upload_iso, vms
+from tests.test_build_e2e import before  # noqa: F401 - autouse: every VM a test made is removed after it
 from tests.test_build_e2e import write_config as build_e2e_config
 from tests.test_setup_packer import built_packer, installed_plugin
 
@@ -102,15 +103,6 @@ def standin_iso_file() -> Path:
 def standin_volume(testbed, standin_iso_file) -> str:
     upload_iso(testbed, standin_iso_file, ISO_VOLUME_NAME)
     return f"{testbed.storage}:iso/{ISO_VOLUME_NAME}"
-
-
-@pytest.fixture(autouse=True)
-def before(testbed) -> Any:
-    ids = {int(vm["vmid"]) for vm in vms(testbed)}
-    yield ids
-    for vm in vms(testbed):
-        if int(vm["vmid"]) not in ids:
-            remove_vm(testbed, int(vm["vmid"]))
 
 
 def build_dir_of(text: str) -> Path:
