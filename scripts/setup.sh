@@ -125,7 +125,7 @@ try_proxmox_plugin() {  # dev: build packer-plugin-proxmox (cached) and install 
     route="from its Go module $PROXMOX_PLUGIN_MODULE (go mod download)"
     build_go_module "$PROXMOX_PLUGIN_MODULE" "$PROXMOX_PLUGIN_VERSION" "$plugin_cached" "$log" || rc=$?
     if [ "$rc" -eq 3 ]; then
-      echo "[setup] $name cannot be built here: the Go proxy ($(go_proxy)) does not serve its source (log: $log) and no binary of it is in $dir; the plugin-dialect tests cannot run; continuing"
+      echo "[setup] $name cannot be built here: the Go proxy ($(go_proxy)) does not serve its source (log: $log) and $dir holds no binary that describes itself as v$PROXMOX_PLUGIN_VERSION; the plugin-dialect tests cannot run; continuing"
       return 0
     fi
     if [ "$rc" -eq 0 ] && [ "$(plugin_version "$plugin_cached")" != "$PROXMOX_PLUGIN_VERSION" ]; then
