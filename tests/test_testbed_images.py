@@ -118,9 +118,10 @@ def test_a_dead_builders_temporary_directories_go_with_the_next_build(tmp_path, 
     from tests.testbed.images import build as image_build
 
     rh = recipe_hash("good")
-    shm = tmp_path / "shm"
+    shm, tmpdir = tmp_path / "shm", tmp_path / "tmp"
     monkeypatch.setattr(base, "work_root", lambda *a, **k: shm)
-    dead = [tmp_path / f".tmp-good-{rh}-x1", shm / f"nixgold-good-{rh}-x2"]
+    monkeypatch.setattr(base.tempfile, "gettempdir", lambda: str(tmpdir))  # where a build goes without shm
+    dead = [tmp_path / f".tmp-good-{rh}-x1", shm / f"nixgold-good-{rh}-x2", tmpdir / f"nixgold-good-{rh}-x5"]
     alive = [tmp_path / f".tmp-nixos-like-{recipe_hash('nixos-like')}-x3", shm / f"nixgold-good-{'0' * 16}-x4"]
     for d in (*dead, *alive):
         (d / "sub").mkdir(parents=True)
@@ -128,7 +129,7 @@ def test_a_dead_builders_temporary_directories_go_with_the_next_build(tmp_path, 
     monkeypatch.setattr(image_build, "_build", lambda v, *a, **k: built.append([d.exists() for d in dead]))
     monkeypatch.setattr(image_build, "_info", lambda path, **k: path)
     assert build_image("good", tmp_path, log=None) == tmp_path / f"good-{rh}"
-    assert built == [[False, False]] and all(d.is_dir() for d in alive)
+    assert built == [[False, False, False]] and all(d.is_dir() for d in alive)
 
 
 def test_console_cmdline():

@@ -187,12 +187,12 @@ def safe_rmtree(path: Path) -> None:
 def remove_dead_builds(cache: Path, entry: str) -> list[Path]:
     """Call with the lock of cache entry ``entry`` (``<name>-<recipe hash>``) held: no other builder of
     it runs, so its temporary directories (``<cache>/.tmp-<entry>-*``, and the scratch trees
-    ``nixgold-<entry>-*`` in the RAM-backed work root) are a killed build's (no ``finally`` ran: a CI
-    job out of time, a SIGKILL). Removes them (unmounting what debootstrap left) and returns them."""
+    ``nixgold-<entry>-*`` in the RAM-backed work root, or in the temporary directory where a build
+    went when that was too small) are a killed build's (no ``finally`` ran: a CI job out of time, a
+    SIGKILL). Removes them (unmounting what debootstrap left) and returns them."""
     dead = sorted(cache.glob(f".tmp-{entry}-*"))
-    shm = work_root(0)
-    if shm is not None:
-        dead += sorted(shm.glob(f"nixgold-{entry}-*"))
+    for scratch in {work_root(0), Path(tempfile.gettempdir())} - {None}:
+        dead += sorted(scratch.glob(f"nixgold-{entry}-*"))
     for d in dead:
         safe_rmtree(d)
     return dead
