@@ -108,7 +108,7 @@ class Verifier:
         self.cancel = cancel or Cancel()  # signals and a failing worker set it; workers poll it
         self.check_warnings: list[str] = []  # what the check suite said about itself (shown once)
         self.clones: list[CloneRun] = []
-        self._vmid_lock = threading.Lock()
+        self._lock = threading.Lock()  # the vmids and addresses the clones of this run took
         self._used_vmids: set[int] = set()
         self._addresses: dict[str, str] = {}  # address -> the clone that reported it first
         self.key: sshkeys.EphemeralKey | None = None
@@ -152,7 +152,7 @@ class Verifier:
         return verify_marker(self.run_id)
 
     def allocate_vmid(self) -> int:
-        with self._vmid_lock:
+        with self._lock:
             vmid = self.client.next_vmid(exclude=self._used_vmids)
             self._used_vmids.add(vmid)
             return vmid
@@ -160,7 +160,7 @@ class Verifier:
     def claim_address(self, clone: str, address: str) -> str | None:
         """Record that ``clone`` answers at ``address``; the other clone of this run that reported it
         first, if any (then SSH cannot tell the two apart: whatever answers ARP last gets the login)."""
-        with self._vmid_lock:
+        with self._lock:
             first = self._addresses.setdefault(address, clone)
         return None if first == clone else first
 
