@@ -49,8 +49,9 @@ def module_of(classname: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    write_weights = "--write-weights" in (argv[:argv.index("--")] if "--" in argv else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    own, extra = argv[:split], argv[split + 1:]
+    write_weights = "--write-weights" in own
     with tempfile.TemporaryDirectory(prefix="nixgold-suite-") as tmp:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra]
