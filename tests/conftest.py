@@ -11,6 +11,17 @@ def nix_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_nix_env(tmp_path_factory.mktemp("nix"))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before any test (in the controller only, before xdist starts its workers): take down the
+    test beds of earlier runs that died without doing it themselves (``reap_dead_runs``)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    from tests.testbed.fixtures import reap_dead_runs
+
+    for line in reap_dead_runs():
+        print(f"\n{line}", flush=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Whatever needs the test bed (root, a network namespace, the PVE simulator, QEMU) is a `vm`
     test: `pytest -m "not vm"` is the fast lane of pure tests for the edit loop."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.net import TestbedNetwork, TestbedNetworkError
+from tests.testbed.net import TestbedNetwork, TestbedNetworkError, orphaned_namespaces, reap_orphaned
 
 # Distinct from the 10.99.0.0/24 default so a hand-started nixgold-testbed
 # network and this test can coexist (they are in different namespaces anyway).
@@ -165,6 +165,33 @@ def test_down_refuses_to_leave_stragglers_silently(net):
         straggler.wait()
     net.down()
     assert not net.exists()
+
+
+def test_a_dead_runs_network_and_what_runs_in_it_are_taken_down_a_live_ones_not(net, tmp_path):
+    """A worker killed before its teardown leaves its namespace with dnsmasq and guests inside; the
+    next run takes it down. The namespace of a live process (this one's ``net``) stays."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = TestbedNetwork(netns=f"ngtest-{gone.pid}", subnet="10.98.1.0/24", host_ip="10.98.1.1/24",
+                          dhcp_range=("10.98.1.50", "10.98.1.60"), state_dir=tmp_path / "dead")
+    dead.up()
+    net.up()
+    guest = subprocess.Popen(dead.exec_argv(["sleep", "600"]))  # stands for a QEMU the dead run left
+    dnsmasq = dead.dnsmasq_pid()
+    try:
+        assert dead.netns in orphaned_namespaces("ngtest-")
+        assert net.netns not in orphaned_namespaces("ngtest-")
+        assert dead.netns in reap_orphaned("ngtest-")
+        guest.wait(timeout=10)
+        assert not dead.exists() and dnsmasq is not None and _gone(dnsmasq)
+        assert net.exists() and net.dnsmasq_pid() is not None
+        assert orphaned_namespaces("ngtest-") == [] and reap_orphaned("ngtest-") == []
+    finally:
+        if guest.poll() is None:
+            guest.kill()
+            guest.wait()
+        if dead.exists():
+            dead.down()
 
 
 def test_leases_parses_dnsmasq_file(net, tmp_path):

@@ -26,10 +26,29 @@ from typing import Iterator
 import pytest
 
 from .bed import Testbed
-from .net import own_threads_in_net_inode
+from .net import TestbedNetworkError, own_threads_in_net_inode, reap_orphaned
 
 _SESSION_BED: list[Testbed] = []  # the session's bed once the fixture made it (for the per-test check)
 _REPORTED: set[int] = set()  # leaked threads one test's teardown already failed for
+
+
+#: The namespace prefixes of the test runs' own networks, each followed by the pid that made it: the
+#: session bed (``testbed`` below), tests/test_testbed_images.py's fleet, tests/test_testbed_net.py.
+RUN_PREFIXES = ("ngbed-", "ngimg-", "ngtest-")
+
+
+def reap_dead_runs(prefixes: tuple[str, ...] = RUN_PREFIXES) -> list[str]:
+    """Take down the networks (and the simulator, guests, dnsmasq inside) of earlier test runs whose
+    process is gone: a worker killed by a hard timeout or the OOM killer never reaches its
+    teardown, and its guests would eat the CPU of every later run on the machine. One line per
+    namespace taken down, or per one that could not be (the run goes on)."""
+    lines = []
+    for prefix in prefixes:
+        try:
+            lines += [f"test bed: took down {name}, left running by a test run that died" for name in reap_orphaned(prefix)]
+        except TestbedNetworkError as exc:
+            lines.append(f"test bed: could not take down what a dead test run left ({exc})")
+    return lines
 
 
 def _leftovers(bed: Testbed) -> list[str]:

@@ -44,6 +44,8 @@ from typing import Iterator, Sequence
 __all__ = [
     "TestbedNetwork",
     "TestbedNetworkError",
+    "orphaned_namespaces",
+    "reap_orphaned",
     "setns_thread",
 ]
 
@@ -424,6 +426,32 @@ class TestbedNetwork:
 
 
 # ---------------------------------------------------------------- helpers
+def orphaned_namespaces(prefix: str) -> list[str]:
+    """The namespaces named ``<prefix><pid>`` whose process is gone: a test run that died (OOM, a
+    hard timeout, a killed xdist worker) without taking its bed down. Its guests and dnsmasq may
+    still run in there, eating the CPU of every later run on the machine. A namespace whose pid is
+    alive belongs to a running session (or the pid was reused): it is never listed."""
+    if not NETNS_RUN_DIR.is_dir():
+        return []
+    found = []
+    for path in sorted(NETNS_RUN_DIR.iterdir()):
+        suffix = path.name.removeprefix(prefix)
+        if path.name.startswith(prefix) and suffix.isdigit() and not _pid_alive(int(suffix)):
+            found.append(path.name)
+    return found
+
+
+def reap_orphaned(prefix: str) -> list[str]:
+    """Take down every :func:`orphaned_namespaces` namespace of ``prefix`` with whatever still runs
+    inside (:meth:`TestbedNetwork.down`); their names. Raises :class:`TestbedNetworkError` naming
+    what survives."""
+    reaped = []
+    for name in orphaned_namespaces(prefix):
+        TestbedNetwork(netns=name).down(kill_stragglers=True)
+        reaped.append(name)
+    return reaped
+
+
 def _check_ifname(name: str) -> None:
     if not name or len(name) > IFNAMSIZ or any(c in name for c in "/ \t\n:") or name in (".", ".."):
         raise ValueError(f"bad interface name {name!r} (1-{IFNAMSIZ} chars, no '/', ':' or spaces)")
