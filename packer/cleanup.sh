@@ -12,7 +12,7 @@ set -Eeuo pipefail
 
 readonly SCRIPT_NAME=nixgold-cleanup
 readonly FAILED_WHAT=CLEANUP
-readonly STEPS_TOTAL=9
+readonly STEPS_TOTAL=10
 readonly TEST_ROOT="${NIXGOLD_TEST_ROOT:-}"
 # Packer shows what the script prints; nothing is left behind in a log file.
 readonly LOG_FILE=""
@@ -140,6 +140,22 @@ main() {
   # service first saves once; the rm then leaves nothing for the template.
   run systemctl stop systemd-random-seed.service
   rm -f "${TEST_ROOT}/var/lib/systemd/random-seed"
+
+  step "drop the boot loader's random seed and system token (each clone gets its own)"
+  # systemd-boot hashes \loader\random-seed on the ESP with the LoaderSystemToken EFI variable
+  # (and the firmware RNG and clock, when there are) and hands the kernel the result, which the
+  # kernel credits as entropy (systemd src/boot/efi/random-seed.c; Linux drivers/char/random.c
+  # add_bootloader_randomness). PVE copies the ESP and the EFI vars disk into every clone, so
+  # the clones would start from one seed. Without the file a clone's first boot passes none, and
+  # systemd-boot-random-seed.service (bootctl --graceful random-seed; in sysinit.target.wants
+  # by nixpkgs' systemd.nix) writes a seed, and a token where none is, for that clone alone.
+  rm -f "${TEST_ROOT}/boot/loader/random-seed"
+  local token="${TEST_ROOT}/sys/firmware/efi/efivars/LoaderSystemToken-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+  if [[ -e $token ]]; then
+    # efivarfs makes variables it does not know to be removable immutable (chattr: e2fsprogs)
+    run chattr -i "$token"
+    run rm -f "$token"
+  fi
 
   step "remove root's build key"
   # Users' keys from the config live in /etc/ssh/authorized_keys.d (managed by NixOS).

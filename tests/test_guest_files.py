@@ -567,7 +567,7 @@ cp "$src" "$dest"
     "wipefs": "", "udevadm": "", "mkfs.fat": "", "mkfs.ext4": "", "mount": "", "umount": "", "sync": "",
     "reboot": "",
     # cleanup.sh
-    "nixos-rebuild": "", "nix-collect-garbage": "", "cloud-init": "", "fstrim": "",
+    "nixos-rebuild": "", "nix-collect-garbage": "", "cloud-init": "", "fstrim": "", "chattr": "",
     # like systemd: stopping systemd-random-seed.service saves a seed (its ExecStop), so the file
     # is gone at the end only when the script stops the service before it removes the file
     "systemctl": r'if [[ $* == "stop systemd-random-seed.service" ]]; then echo saved >"$NIXGOLD_TEST_ROOT/var/lib/systemd/random-seed"; fi',
@@ -917,6 +917,41 @@ def test_cleanup_sh_happy_path(root_login: str, tmp_path: Path) -> None:
     assert len(steps) >= 8 and [int(n) for n, _ in steps] == list(range(1, len(steps) + 1))
     assert {int(total) for _, total in steps} == {len(steps)}
     assert run.reports == []  # cleanup's output goes to Packer, not to the install endpoint
+
+
+EFI_TOKEN = "sys/firmware/efi/efivars/LoaderSystemToken-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+
+@pytest.mark.parametrize("firmware", FIRMWARES)
+def test_cleanup_sh_leaves_no_boot_loader_seed_or_token_in_a_uefi_template(firmware: str, tmp_path: Path) -> None:
+    """PVE copies the ESP and the EFI vars disk into every clone: systemd-boot's seed file and the
+    system token it hashes with it would be the same in all of them (NIXOS-ASSUMPTIONS.md K12)."""
+    cleanup = render_cleanup_sh(make_inputs(make_config({"vm": {"firmware": firmware}})))
+
+    def prepare(root: Path) -> None:
+        _guest_root(root, False)
+        for rel in ("boot/loader/random-seed", EFI_TOKEN):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(b"\x06\x00\x00\x00" + bytes(32))
+
+    run = run_script(cleanup, tmp_path, [], prepare=prepare, via_stdin=False)
+    assert run.proc.returncode == 0, run.proc.stderr
+    token = str(run.root / EFI_TOKEN)
+    if firmware == "uefi":
+        assert not (run.root / "boot/loader/random-seed").exists() and not (run.root / EFI_TOKEN).exists()
+        # efivarfs: the variable is immutable until chattr -i; only then can rm delete it
+        assert ["chattr", "-i", token] in run.calls
+        err = run.proc.stderr
+        assert err.index(f"+ chattr -i {token}") < err.index(f"+ rm -f {token}")
+        # the last thing before fstrim and sync: nothing after it writes a seed again
+        assert run.names[-3:] == ["chattr", "fstrim", "sync"]
+    else:  # no systemd-boot: nothing of the kind to touch
+        assert "chattr" not in run.names and (run.root / "boot/loader/random-seed").exists()
+    if firmware == "uefi":  # no token (nothing has written one): the seed file goes all the same
+        again = run_script(cleanup, tmp_path / "no-token", [], prepare=lambda r: (
+            prepare(r), (r / EFI_TOKEN).unlink()), via_stdin=False)
+        assert again.proc.returncode == 0, again.proc.stderr
+        assert "chattr" not in again.names and not (again.root / "boot/loader/random-seed").exists()
 
 
 def test_cleanup_sh_fails_loudly(tmp_path: Path) -> None:
