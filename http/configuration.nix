@@ -10,8 +10,9 @@
   imports = [ ./hardware-configuration.nix ]
     ++ lib.optional (builtins.pathExists ./nixgold-build.nix) ./nixgold-build.nix;
 
-  # UEFI: systemd-boot on the ESP (/boot). No NVRAM writes: clones get a fresh EFI vars
-  # disk, so they boot the removable-media fallback EFI/BOOT/BOOTX64.EFI that bootctl installs.
+  # UEFI: systemd-boot on the ESP (/boot). No NVRAM boot entry from bootctl: clones get a copy of the
+  # template's EFI vars disk (qm clone copies efidisk0) without one, so they boot the
+  # removable-media fallback EFI/BOOT/BOOTX64.EFI that bootctl installs.
   boot.loader.systemd-boot.enable = true;
   boot.loader.efi.canTouchEfiVariables = false;
   boot.loader.timeout = 1;

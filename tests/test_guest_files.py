@@ -567,7 +567,9 @@ cp "$src" "$dest"
     "wipefs": "", "udevadm": "", "mkfs.fat": "", "mkfs.ext4": "", "mount": "", "umount": "", "sync": "",
     "reboot": "",
     # cleanup.sh
-    "nixos-rebuild": "", "nix-collect-garbage": "", "cloud-init": "", "fstrim": "", "chattr": "",
+    "nixos-rebuild": "", "nix-collect-garbage": "", "cloud-init": "", "fstrim": "",
+    # like efivarfs (see _efivarfs_rm): `chattr -i` makes the variable removable
+    "chattr": r'if [[ ${1-} == -i && -n ${2-} ]]; then : >"$2.mutable"; fi',
     # like systemd: stopping systemd-random-seed.service saves a seed (its ExecStop), so the file
     # is gone at the end only when the script stops the service before it removes the file
     "systemctl": r'if [[ $* == "stop systemd-random-seed.service" ]]; then echo saved >"$NIXGOLD_TEST_ROOT/var/lib/systemd/random-seed"; fi',
@@ -922,6 +924,23 @@ def test_cleanup_sh_happy_path(root_login: str, tmp_path: Path) -> None:
 EFI_TOKEN = "sys/firmware/efi/efivars/LoaderSystemToken-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 
+def _efivarfs_rm(tmp: Path) -> None:
+    """run_script's stubs for ``tmp``, with an ``rm`` that, like efivarfs, cannot remove a variable
+    until ``chattr -i`` (the chattr stub) made it mutable."""
+    (tmp / "stubs").mkdir(parents=True)
+    bin_dir = make_stub_bin(tmp / "stubs")
+    (bin_dir / "rm").unlink()
+    (bin_dir / "rm").write_text(
+        "#!/bin/bash\n"
+        'for a in "$@"; do\n'
+        '  if [[ $a == */efivars/* && -e $a && ! -e $a.mutable ]]; then\n'
+        '    echo "rm: cannot remove \'$a\': Operation not permitted" >&2; exit 1\n'
+        "  fi\n"
+        "done\n"
+        f'exec {shutil.which("rm")} "$@"\n')
+    (bin_dir / "rm").chmod(0o755)
+
+
 @pytest.mark.parametrize("firmware", FIRMWARES)
 def test_cleanup_sh_leaves_no_boot_loader_seed_or_token_in_a_uefi_template(firmware: str, tmp_path: Path) -> None:
     """PVE copies the ESP and the EFI vars disk into every clone: systemd-boot's seed file and the
@@ -934,6 +953,7 @@ def test_cleanup_sh_leaves_no_boot_loader_seed_or_token_in_a_uefi_template(firmw
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_bytes(b"\x06\x00\x00\x00" + bytes(32))
 
+    _efivarfs_rm(tmp_path)
     run = run_script(cleanup, tmp_path, [], prepare=prepare, via_stdin=False)
     assert run.proc.returncode == 0, run.proc.stderr
     token = str(run.root / EFI_TOKEN)
@@ -947,12 +967,14 @@ def test_cleanup_sh_leaves_no_boot_loader_seed_or_token_in_a_uefi_template(firmw
     else:  # no systemd-boot: nothing of the kind to touch
         assert "chattr" not in run.names and (run.root / "boot/loader/random-seed").exists()
     if firmware == "uefi":  # chattr fails: a warning, the token stays, the seed file is gone all the same
+        _efivarfs_rm(tmp_path / "chattr-fails")
         failed = run_script(cleanup, tmp_path / "chattr-fails", [], fail="chattr", prepare=prepare, via_stdin=False)
         assert failed.proc.returncode == 0, failed.proc.stderr
         assert "WARNING: could not remove the EFI variable LoaderSystemToken-" in failed.proc.stderr
         assert (failed.root / EFI_TOKEN).exists() and not (failed.root / "boot/loader/random-seed").exists()
         assert failed.names[-2:] == ["fstrim", "sync"]  # cleanup went on
     if firmware == "uefi":  # no token (nothing has written one): the seed file goes all the same
+        _efivarfs_rm(tmp_path / "no-token")
         again = run_script(cleanup, tmp_path / "no-token", [], prepare=lambda r: (
             prepare(r), (r / EFI_TOKEN).unlink()), via_stdin=False)
         assert again.proc.returncode == 0, again.proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -167,31 +168,36 @@ def test_down_refuses_to_leave_stragglers_silently(net):
     assert not net.exists()
 
 
-def test_a_dead_runs_network_and_what_runs_in_it_are_taken_down_a_live_ones_not(net, tmp_path):
+def test_a_dead_runs_network_and_what_runs_in_it_are_taken_down_a_live_ones_not(tmp_path):
     """A worker killed before its teardown leaves its namespace with dnsmasq and guests inside; the
-    next run takes it down. The namespace of a live process (this one's ``net``) stays."""
+    next run takes it down. The namespace of a live process (this one) stays. A prefix of its own
+    (``ngreap-``, not one the sessions reap) keeps a session starting meanwhile out of it."""
     gone = subprocess.Popen(["true"])
     gone.wait()
-    dead = TestbedNetwork(netns=f"ngtest-{gone.pid}", subnet="10.98.1.0/24", host_ip="10.98.1.1/24",
+    dead = TestbedNetwork(netns=f"ngreap-{gone.pid}-td", subnet="10.98.1.0/24", host_ip="10.98.1.1/24",
                           dhcp_range=("10.98.1.50", "10.98.1.60"), state_dir=tmp_path / "dead")
-    dead.up()
-    net.up()
-    guest = subprocess.Popen(dead.exec_argv(["sleep", "600"]))  # stands for a QEMU the dead run left
-    dnsmasq = dead.dnsmasq_pid()
+    live = TestbedNetwork(netns=f"ngreap-{os.getpid()}", subnet="10.98.2.0/24", host_ip="10.98.2.1/24",
+                          dhcp_range=("10.98.2.50", "10.98.2.60"), state_dir=tmp_path / "live")
+    guest = None
     try:
-        assert dead.netns in orphaned_namespaces("ngtest-")
-        assert net.netns not in orphaned_namespaces("ngtest-")
-        assert dead.netns in reap_orphaned("ngtest-")
+        dead.up()
+        live.up()
+        guest = subprocess.Popen(dead.exec_argv(["sleep", "600"]))  # stands for a QEMU the dead run left
+        dnsmasq = dead.dnsmasq_pid()
+        assert orphaned_namespaces("ngreap-") == [dead.netns]
+        assert reap_orphaned("ngreap-") == {dead.netns: ""}
         guest.wait(timeout=10)
         assert not dead.exists() and dnsmasq is not None and _gone(dnsmasq)
-        assert net.exists() and net.dnsmasq_pid() is not None
-        assert orphaned_namespaces("ngtest-") == [] and reap_orphaned("ngtest-") == []
+        assert live.exists() and live.dnsmasq_pid() is not None
+        assert orphaned_namespaces("ngreap-") == [] and reap_orphaned("ngreap-") == {}
     finally:
-        if guest.poll() is None:
+        if guest is not None and guest.poll() is None:
             guest.kill()
             guest.wait()
-        if dead.exists():
-            dead.down()
+        for n in (dead, live):
+            if n.exists():
+                with contextlib.suppress(TestbedNetworkError):
+                    n.down()
 
 
 def test_leases_parses_dnsmasq_file(net, tmp_path):

@@ -26,15 +26,16 @@ from typing import Iterator
 import pytest
 
 from .bed import Testbed
-from .net import TestbedNetworkError, own_threads_in_net_inode, reap_orphaned
+from .net import own_threads_in_net_inode, reap_orphaned
 
 _SESSION_BED: list[Testbed] = []  # the session's bed once the fixture made it (for the per-test check)
 _REPORTED: set[int] = set()  # leaked threads one test's teardown already failed for
 
 
 #: The namespace prefixes of the test runs' own networks, each followed by the pid that made it: the
-#: session bed (``testbed`` below), tests/test_testbed_images.py's fleet, tests/test_testbed_net.py.
-RUN_PREFIXES = ("ngbed-", "ngimg-", "ngtest-")
+#: session bed (``testbed`` below; ``ngbed-<pid>-td`` in tests/test_pvesim_vm.py), the fleet of
+#: tests/test_testbed_images.py, tests/test_testbed_net.py, tests/test_testbed_tasks.py.
+RUN_PREFIXES = ("ngbed-", "ngimg-", "ngtest-", "ngcli-", "ngtask-")
 
 
 def reap_dead_runs(prefixes: tuple[str, ...] = RUN_PREFIXES) -> list[str]:
@@ -44,10 +45,9 @@ def reap_dead_runs(prefixes: tuple[str, ...] = RUN_PREFIXES) -> list[str]:
     namespace taken down, or per one that could not be (the run goes on)."""
     lines = []
     for prefix in prefixes:
-        try:
-            lines += [f"test bed: took down {name}, left running by a test run that died" for name in reap_orphaned(prefix)]
-        except TestbedNetworkError as exc:
-            lines.append(f"test bed: could not take down what a dead test run left ({exc})")
+        for name, error in reap_orphaned(prefix).items():
+            lines.append(f"test bed: could not take down {name}, left by a test run that died: {error}" if error
+                         else f"test bed: took down {name}, left running by a test run that died")
     return lines
 
 

@@ -30,6 +30,7 @@ import ctypes
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -427,29 +428,32 @@ class TestbedNetwork:
 
 # ---------------------------------------------------------------- helpers
 def orphaned_namespaces(prefix: str) -> list[str]:
-    """The namespaces named ``<prefix><pid>`` whose process is gone: a test run that died (OOM, a
-    hard timeout, a killed xdist worker) without taking its bed down. Its guests and dnsmasq may
-    still run in there, eating the CPU of every later run on the machine. A namespace whose pid is
-    alive belongs to a running session (or the pid was reused): it is never listed."""
+    """The namespaces named ``<prefix><pid>`` (or ``<prefix><pid>-<tag>``) whose process is gone: a
+    test run that died (OOM, a hard timeout, a killed xdist worker) without taking its bed down. Its
+    guests and dnsmasq may still run in there, eating the CPU of every later run on the machine. A
+    namespace whose pid is alive belongs to a running session (or the pid was reused): it is never
+    listed. Pids are this PID namespace's: a session in another one would look dead here."""
     if not NETNS_RUN_DIR.is_dir():
         return []
     found = []
     for path in sorted(NETNS_RUN_DIR.iterdir()):
-        suffix = path.name.removeprefix(prefix)
-        if path.name.startswith(prefix) and suffix.isdigit() and not _pid_alive(int(suffix)):
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)(?:-[\w-]+)?", path.name)
+        if m and not _pid_alive(int(m.group(1))):
             found.append(path.name)
     return found
 
 
-def reap_orphaned(prefix: str) -> list[str]:
+def reap_orphaned(prefix: str) -> dict[str, str]:
     """Take down every :func:`orphaned_namespaces` namespace of ``prefix`` with whatever still runs
-    inside (:meth:`TestbedNetwork.down`); their names. Raises :class:`TestbedNetworkError` naming
-    what survives."""
-    reaped = []
+    inside (:meth:`TestbedNetwork.down`): name -> "" when it went, else why not (each on its own)."""
+    outcome = {}
     for name in orphaned_namespaces(prefix):
-        TestbedNetwork(netns=name).down(kill_stragglers=True)
-        reaped.append(name)
-    return reaped
+        try:
+            TestbedNetwork(netns=name).down(kill_stragglers=True)
+            outcome[name] = ""
+        except Exception as exc:  # noqa: BLE001 - one namespace's trouble must not keep the others
+            outcome[name] = f"{type(exc).__name__}: {exc}"
+    return outcome
 
 
 def _check_ifname(name: str) -> None:
