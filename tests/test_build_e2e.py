@@ -68,8 +68,9 @@ def build_env(testbed: Any, config: Path, overlay: Path | None = None) -> dict[s
     return env
 
 
-# The stand-in live system reaches its root shell ~75 s after the VM starts under TCG on a
-# busy 2-core box (kernel + live-boot from squashfs); agetty flushes what is typed earlier.
+# The stand-in live system reaches its root shell ~45 s after Enter under TCG on an idle 2-core
+# box and ~66 s with both cores busy (kernel + live-boot from squashfs); agetty flushes what is
+# typed earlier. Two workers put up to four guests on the two cores: hence the margin.
 LIVE_BOOT_WAIT = "120s"
 
 
