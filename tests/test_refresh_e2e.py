@@ -349,7 +349,8 @@ def test_faults_at_every_phase_boundary_then_the_next_run_converges(story):
     # 14. unchanged inputs: a no-op, fast, with no lock taken
     noop = story.run("refresh")
     exit_of(noop, ExitCode.UP_TO_DATE)
-    assert noop.seconds < 5 and "lock:" not in noop.stderr, noop.seconds
+    # no lock taken, nothing built (how fast it is: benchmarks/refresh.py, goal < 5 s)
+    assert "lock:" not in noop.stderr and "verify:" not in noop.stderr, noop.stderr
     print(f"no-op refresh: {noop.seconds:.1f} s")
 
 
