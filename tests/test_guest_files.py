@@ -957,28 +957,33 @@ def test_cleanup_sh_leaves_no_boot_loader_seed_or_token_in_a_uefi_template(firmw
     run = run_script(cleanup, tmp_path, [], prepare=prepare, via_stdin=False)
     assert run.proc.returncode == 0, run.proc.stderr
     token = str(run.root / EFI_TOKEN)
-    if firmware == "uefi":
-        assert not (run.root / "boot/loader/random-seed").exists() and not (run.root / EFI_TOKEN).exists()
-        # efivarfs: the variable is immutable until chattr -i; only then can rm delete it
-        assert ["chattr", "-i", token] in run.calls
-        assert f"+ chattr -i {token}; rm -f {token}" in run.proc.stderr
-        # the last thing before fstrim and sync: nothing after it writes a seed again
-        assert run.names[-3:] == ["chattr", "fstrim", "sync"]
-    else:  # no systemd-boot: nothing of the kind to touch
+    if firmware == "bios":  # no systemd-boot: nothing of the kind to touch
         assert "chattr" not in run.names and (run.root / "boot/loader/random-seed").exists()
-    if firmware == "uefi":  # chattr fails: a warning, the token stays, the seed file is gone all the same
-        _efivarfs_rm(tmp_path / "chattr-fails")
-        failed = run_script(cleanup, tmp_path / "chattr-fails", [], fail="chattr", prepare=prepare, via_stdin=False)
-        assert failed.proc.returncode == 0, failed.proc.stderr
-        assert "WARNING: could not remove the EFI variable LoaderSystemToken-" in failed.proc.stderr
-        assert (failed.root / EFI_TOKEN).exists() and not (failed.root / "boot/loader/random-seed").exists()
-        assert failed.names[-2:] == ["fstrim", "sync"]  # cleanup went on
-    if firmware == "uefi":  # no token (nothing has written one): the seed file goes all the same
-        _efivarfs_rm(tmp_path / "no-token")
-        again = run_script(cleanup, tmp_path / "no-token", [], prepare=lambda r: (
-            prepare(r), (r / EFI_TOKEN).unlink()), via_stdin=False)
-        assert again.proc.returncode == 0, again.proc.stderr
-        assert "chattr" not in again.names and not (again.root / "boot/loader/random-seed").exists()
+        return
+    assert not (run.root / "boot/loader/random-seed").exists() and not (run.root / EFI_TOKEN).exists()
+    # efivarfs: the variable is immutable until chattr -i; only then can rm delete it
+    assert ["chattr", "-i", token] in run.calls
+    assert f"+ chattr -i {token}; rm -f {token}" in run.proc.stderr
+    # the last thing before fstrim and sync: nothing after it writes a seed again
+    assert run.names[-3:] == ["chattr", "fstrim", "sync"]
+
+    # chattr fails: a warning, the token stays, the seed file is gone all the same
+    _efivarfs_rm(tmp_path / "chattr-fails")
+    failed = run_script(cleanup, tmp_path / "chattr-fails", [], fail="chattr", prepare=prepare, via_stdin=False)
+    assert failed.proc.returncode == 0, failed.proc.stderr
+    assert "WARNING: could not remove the EFI variable LoaderSystemToken-" in failed.proc.stderr
+    assert (failed.root / EFI_TOKEN).exists() and not (failed.root / "boot/loader/random-seed").exists()
+    assert failed.names[-2:] == ["fstrim", "sync"]  # cleanup went on
+
+    # no token (nothing has written one): the seed file goes all the same
+    def prepare_without_token(root: Path) -> None:
+        prepare(root)
+        (root / EFI_TOKEN).unlink()
+
+    _efivarfs_rm(tmp_path / "no-token")
+    again = run_script(cleanup, tmp_path / "no-token", [], prepare=prepare_without_token, via_stdin=False)
+    assert again.proc.returncode == 0, again.proc.stderr
+    assert "chattr" not in again.names and not (again.root / "boot/loader/random-seed").exists()
 
 
 def test_cleanup_sh_fails_loudly(tmp_path: Path) -> None:
