@@ -5,6 +5,10 @@ cross-clone checks answer from an earlier run's facts without connecting. Agains
 (testinfra's local backend), no guest needed."""
 from __future__ import annotations
 
+import base64
+import io
+import shlex
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,8 @@ import pytest
 import testinfra
 
 from nixgold.verify.checks import CHECKS_DIR, CloneTarget, run_checks
-from nixgold.verify.checks.facts import Answer, FactStore, Probe, command_line, gather_script, parse_gathered, \
-    run_probe
+from nixgold.verify.checks.facts import EXTRA_PATH, Answer, FactStore, Probe, command_line, gather_script, \
+    parse_gathered, plain_words, run_probe
 from nixgold.verify.checks.helpers import glob_covers, sshd_dump
 from tests.test_checks_runner import ctx_for
 
@@ -26,6 +30,8 @@ PROBES = [
     Probe("""printf '%s|' "it's" '$HOME' "a\\"b" """),  # quotes and a dollar that must stay literal
     Probe("echo $((6 * 7))", as_root=True),  # through sudo -n (absent here: its own failure)
     Probe("cat /proc/cmdline"),
+    Probe("echo -e x"),  # a builtin: the shell's echo, not coreutils'
+    Probe("ls -d / /no-such-dir"),  # a plain command (no shell): both outputs and exit 2
 ]
 
 
@@ -71,32 +77,77 @@ def test_run_answers_from_the_facts_and_asks_the_rest_over_the_connection(local,
     assert host.sent[-1] == command_line(PROBES[6]) and store.one_by_one(host) == ["cat /proc/cmdline"]
 
 
-def test_a_lost_or_garbled_answer_is_asked_again_on_its_own():
-    probes = [Probe("echo one"), Probe("echo two"), Probe("echo three"), Probe("echo four")]
-    output = "\n".join([
-        "NGFACT 0 0 b25lCg==  .",  # fine: "one\n", empty stderr
-        "NGFACT 1 0 not-base64!  .",  # garbled
-        "NGFACT 9 0 eA==  .",  # no such probe
-        "NGFACT 2 0 dGhy  ",  # no end mark: cut off
-        "noise from a login script",
-        "NGFACT 3 0 Zm91cgo=  .",  # the last line, without its newline: cut off
-    ])
-    answers = parse_gathered(output, probes)
-    assert list(answers) == [probes[0]] and answers[probes[0]].stdout == b"one\n"
+def _archive_line(files: dict[str, bytes]) -> str:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return f"NGFACTS {base64.b64encode(buf.getvalue()).decode()} ."
 
 
-@pytest.mark.parametrize("missing", ["base64", "mktemp"])
-def test_a_guest_without_base64_or_mktemp_never_answers_wrong(local, missing):
-    """The real script with the tool gone: no answer for a probe whose output could not be
-    encoded (never an empty one in its place: that check then runs its own command)."""
+def test_a_lost_or_garbled_answer_is_asked_again_on_its_own(local):
+    probes = [Probe("echo one"), Probe("echo two"), Probe("echo three")]
+    whole = local.run(gather_script(probes)).stdout
+    assert set(parse_gathered(whole, probes)) == set(probes)
+    assert parse_gathered("noise from a login script\n" + whole + "more noise\n", probes)[probes[1]].stdout == b"two\n"
+    line = whole.strip("\n")
+    tag, blob, end = line.split(" ")
+    cut = base64.b64encode(base64.b64decode(blob)[:700]).decode()  # the archive ends inside a member
+    for broken in (line,  # the last line, without its newline: cut off
+                   f"{tag} {blob}\n",  # no end mark
+                   f"{tag} {blob[:-7]} .\n",  # cut inside the base64
+                   f"{tag} not-base64! .\n",
+                   f"{tag} {cut} .\n",
+                   f"{tag} {base64.b64encode(b'not a tar archive' * 40).decode()} .\n"):
+        assert parse_gathered(broken, probes) == {}, broken[:40]
+    # an answer without its exit status, or with a garbled one, or without one of its outputs: asked again
+    partial = _archive_line({"0.r": b"0\n", "0.o": b"one\n", "0.e": b"", "1.o": b"two\n", "1.e": b"",
+                             "2.r": b"zero\n", "2.o": b"three\n", "2.e": b"", "9.r": b"0\n"})
+    answers = parse_gathered(partial + "\n", probes)
+    assert answers == {probes[0]: Answer(0, b"one\n", b"")}
+    assert parse_gathered(_archive_line({"0.r": b"0\n", "0.e": b""}) + "\n", probes) == {}
+
+
+@pytest.mark.parametrize("missing", ["base64", "mktemp", "tar"])
+def test_a_guest_without_base64_mktemp_or_tar_never_answers_wrong(local, missing):
+    """The real script with the tool gone: no answers at all (never an empty one in their place:
+    each check then runs its own command)."""
     probes = [Probe("hostname"), Probe("echo oops >&2"), Probe("true")]
-    script = gather_script(probes).replace(f"{missing} ", f"no-such-{missing} ")
+    script = gather_script(probes).replace(f"{missing} -", f"no-such-{missing} -").replace(
+        f"$(mktemp ", "$(no-such-mktemp ")
     assert f"no-such-{missing}" in script
-    answers = parse_gathered(local.run(script).stdout_bytes, probes)
-    if missing == "mktemp":
-        assert answers == {}
-    else:  # only a probe that printed nothing can answer without base64, and it answers truly
-        assert answers == {probes[2]: Answer(0, b"", b"")}
+    assert parse_gathered(local.run(script).stdout_bytes, probes) == {}
+
+
+def test_a_plain_command_runs_without_a_shell_and_answers_as_through_one(local):
+    """One program with literal words runs under ``timeout`` directly (one process less on the
+    guest); what needs the shell (a builtin, a quote, an expansion, a pipe, root) still goes through
+    /bin/sh -c, and the answers are the same either way."""
+    def through_sh(probe: Probe) -> str:
+        return (f"export PATH={EXTRA_PATH}:\"$PATH\"; timeout -k 5 {probe.timeout} /bin/sh -c "
+                f"{shlex.quote(f'export PATH={EXTRA_PATH}:{chr(34)}$PATH{chr(34)}; {probe.command}')}")
+
+    plain = [Probe("cat /proc/cmdline"), Probe("ls -d / /no-such-dir"), Probe("stat -c %s:%U /etc/hostname"),
+             Probe("env -u HOME id -un"), Probe("sleep 5", timeout=1)]
+    for probe in plain:
+        assert plain_words(probe.command) is not None, probe
+        assert "/bin/sh" not in command_line(probe)
+        direct, shelled = local.run(command_line(probe)), local.run(through_sh(probe))
+        assert (direct.rc, direct.stdout_bytes, direct.stderr_bytes) == \
+            (shelled.rc, shelled.stdout_bytes, shelled.stderr_bytes), probe
+    for command in ("echo -e x", "test -e /", "true", "command -v ls", "cd /tmp", "FOO=1 env", "cat /etc/host*",
+                    "echo $HOME", "echo 'a b'", "ls | wc -l", "ls; ls", "ls >/dev/null", "~/bin/x", "ls ~",
+                    "if true", "a\\b", "ls\nid", "[ -e / ]", "time ls"):
+        assert plain_words(command) is None, command
+        assert "/bin/sh -c" in command_line(Probe(command)), command
+    assert "/bin/sh -c" in command_line(Probe("cat /proc/cmdline", as_root=True))  # sudo resets PATH
+    # builtins differ from the program of the same name: the shell's echo is what the check meant
+    assert local.run(command_line(Probe("echo -e x"))).stdout == local.run("echo -e x").stdout
+    # a program that is not there: exit 127 either way (the message is timeout's, not the shell's)
+    missing = Probe("no-such-program --flag")
+    assert local.run(command_line(missing)).rc == local.run(through_sh(missing)).rc == 127
 
 
 def test_bad_probes_are_left_out_and_said(tmp_path):

@@ -208,7 +208,7 @@ def test_the_check_suites_commands_exist_on_the_installed_system(nix_env: dict[s
     nixcfg, _, _ = rendered({})
     packages = system_packages(nixcfg, parse_config({}), nix_env, tmp_path)
     script = check_suite_script()
-    assert {"cloud-init", "sshd", "base64", "/bin/sh", "nixos-version"} <= script_commands(script).commands
+    assert {"cloud-init", "sshd", "base64", "tar", "mkdir", "/bin/sh", "nixos-version"} <= script_commands(script).commands
     assert missing(script, {**installed_commands(packages, "uefi"), **absolute_paths()}) == []
 
 

@@ -11,18 +11,26 @@ A check module says which commands its checks run, next to the checks::
         cmdline = run(host, CMDLINE).stdout.split()
 
 Before the first check on a clone, the plugin sends every probe of the selected check modules as
-one shell script (:func:`gather_script`): each probe runs exactly the command line ``run()`` would
+one shell script (:func:`gather_script`): each probe runs exactly the command ``run()`` would
 send (:func:`command_line`: PATH, guest-side ``timeout``, ``sudo -n`` for root), in the modules'
 order (the same order the checks ran in one by one: the cloud-init wait comes before the hostname,
-user and key checks), its exit status, stdout and stderr captured apart. ``run()`` then answers
-from that store, so a check's result and failure message are what its own command would have
-given; a command nobody declared, or one whose answer did not come back whole (no ``mktemp`` or
-``base64 -w0`` on the guest, a cut connection: an answer counts only when its line ends with the
-end mark), runs over SSH as before. Nothing here waits on the guest for more than the probes' own
-timeouts.
+user and key checks), its exit status, stdout and stderr kept apart in files. One ``tar`` of those
+files, base64-encoded, comes back as one line; ``run()`` then answers from that store, so a
+check's result and failure message are what its own command would have given. A command nobody
+declared, or one whose answer did not come back whole (no ``mktemp``, ``tar`` or ``base64`` on the
+guest, a cut connection: the answers count only when their line ends with the end mark and the
+archive reads), runs over SSH as before. Nothing here waits on the guest for more than the probes'
+own timeouts.
+
+Each probe costs the guest as few processes as keep it exact, since under emulation (TCG) every
+process start counts: a probe whose command is one plain command (literal words, not a shell
+builtin, not as root) runs under ``timeout`` directly instead of through ``/bin/sh -c`` (the same
+program, arguments and PATH), no probe runs in a subshell of its own (each is one ``timeout``
+command, which leaves the gathering shell as it was), and the outputs are encoded once for all
+probes instead of once per output.
 
 What the probes print lives on the guest only in a 0700 ``mktemp -d`` directory of the SSH user,
-each answer overwritten by the next, the directory removed on exit, hang-up, INT or TERM.
+the directory removed on exit, hang-up, INT or TERM.
 Root's probes' answers stay in the process that asked (:meth:`FactStore.export` hands on only the
 user-level answers the caller names).
 """
@@ -31,7 +39,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
+import re
 import shlex
+import tarfile
 import threading
 import weakref
 from dataclasses import dataclass
@@ -42,10 +53,22 @@ from typing import Any, Iterable, Sequence
 #: ``security.wrapperDir = "/run/wrappers/bin"``); Debian keeps sshd in /usr/sbin.
 EXTRA_PATH = "/run/wrappers/bin:/run/current-system/sw/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_TIMEOUT = 60
-#: Marks one probe's answer in the gathered output:
-#: ``NGFACT <index> <exit> <stdout b64> <stderr b64> .`` (the final ``.``: the line came whole).
-TAG = "NGFACT"
+#: Marks the gathered answers in the output: ``NGFACTS <tar of the answer files, base64> .`` (the
+#: final ``.``: the line came whole). The archive holds ``<index>.r`` (exit status), ``<index>.o``
+#: and ``<index>.e`` (stdout, stderr) per probe.
+TAG = "NGFACTS"
 END = "."
+#: A word that /bin/sh passes on as it is (no quoting, expansion, globbing, redirection or operator).
+_LITERAL_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+_PROGRAM = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_.+/-]*")  # no `=`: `a=b cmd` is an assignment to sh
+#: Words /bin/sh treats itself (dash's and bash's builtins and reserved words): through ``timeout``
+#: they would run a different program (coreutils' echo/printf/test/kill...) or none at all.
+_SHELL_WORDS = frozenset("""
+    ! [ [[ { } . : alias bg break builtin case cd command continue declare do done echo elif else enable
+    esac eval exec exit export false fc fg fi for function getopts hash if in jobs kill let local
+    printf pwd read readonly return select set shift source test then time times trap true type
+    typeset ulimit umask unalias unset until wait while
+""".split())
 
 
 @dataclass(frozen=True)
@@ -66,12 +89,34 @@ class Answer:
     stderr: bytes
 
 
-def command_line(probe: Probe) -> str:
-    """The one shell line that runs ``probe`` on the guest (/bin/sh, bounded by ``timeout``)."""
+def plain_words(command: str) -> list[str] | None:
+    """``command`` as the program and arguments /bin/sh would run, when it is one plain command
+    (literal words only, not a shell builtin or reserved word); None: it needs a shell."""
+    if "\n" in command or "\r" in command:  # a newline separates commands
+        return None
+    words = command.split()
+    if (not words or not _PROGRAM.fullmatch(words[0]) or words[0] in _SHELL_WORDS
+            or not all(_LITERAL_WORD.fullmatch(w) for w in words)):
+        return None
+    return words
+
+
+def guest_command(probe: Probe) -> str:
+    """The one ``timeout`` command that runs ``probe`` (PATH already set): ``timeout ... <program>
+    <args>`` for a plain command of the SSH user, ``timeout ... [sudo -n] /bin/sh -c '...'`` for
+    anything else (sudo resets PATH, so root's shell sets it again)."""
+    bound = f"timeout -k 5 {int(probe.timeout)}"
+    words = None if probe.as_root else plain_words(probe.command)
+    if words is not None:
+        return f"{bound} {' '.join(words)}"
     inner = f"export PATH={EXTRA_PATH}:\"$PATH\"; {probe.command}"
     prefix = "sudo -n " if probe.as_root else ""
-    return (f"export PATH={EXTRA_PATH}:\"$PATH\"; timeout -k 5 {int(probe.timeout)} "
-            f"{prefix}/bin/sh -c {shlex.quote(inner)}")
+    return f"{bound} {prefix}/bin/sh -c {shlex.quote(inner)}"
+
+
+def command_line(probe: Probe) -> str:
+    """The one shell line that runs ``probe`` on the guest over SSH (bounded by ``timeout``)."""
+    return f"export PATH={EXTRA_PATH}:\"$PATH\"; {guest_command(probe)}"
 
 
 def unique(probes: Iterable[Probe]) -> list[Probe]:
@@ -94,37 +139,44 @@ def valid_probe(probe: Any) -> str | None:
 
 
 def gather_script(probes: Sequence[Probe]) -> str:
-    """One shell script running every probe in order, each in its own subshell with stdin from
-    /dev/null, and printing one ``NGFACT`` line per probe whose output both encoded (coreutils'
-    ``mktemp`` and ``base64``, looked up with the same PATH as the probes)."""
+    """One shell script running every probe in order with stdin from /dev/null, each answer in
+    files, then printing them as one ``NGFACTS`` line (coreutils' ``mktemp`` and ``base64``, GNU
+    ``tar``: nixpkgs nixos/modules/config/system-path.nix corePackageNames has "coreutils-full"
+    and "gnutar"; looked up with the same PATH as the probes)."""
     lines = [f'export PATH={EXTRA_PATH}:"$PATH"', 'd=$(mktemp -d) || exit 97',
-             "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 129' HUP", "trap 'exit 130' INT", "trap 'exit 143' TERM"]
+             "trap 'rm -rf \"$d\"' EXIT", "trap 'exit 129' HUP", "trap 'exit 130' INT", "trap 'exit 143' TERM",
+             'mkdir "$d/a" || exit 97']
     for n, probe in enumerate(probes):
-        # base64 only for output there is (`[` is a shell builtin): fewer processes per probe
-        lines.append(f'( {command_line(probe)} ) </dev/null >"$d/o" 2>"$d/e"; r=$?; o=; e=; '
-                     f'{{ [ ! -s "$d/o" ] || o=$(base64 -w0 <"$d/o"); }} && '
-                     f'{{ [ ! -s "$d/e" ] || e=$(base64 -w0 <"$d/e"); }} && '
-                     f'printf "{TAG} {n} %s %s %s {END}\\n" "$r" "$o" "$e"')
+        lines.append(f'{guest_command(probe)} </dev/null >"$d/a/{n}.o" 2>"$d/a/{n}.e"; echo $? >"$d/a/{n}.r"')
+    lines.append(f'tar -C "$d/a" -cf "$d/t" . && printf "{TAG} " && base64 -w0 "$d/t" && printf " {END}\\n"')
     return "\n".join(lines) + "\n"
 
 
 def parse_gathered(output: str | bytes, probes: Sequence[Probe]) -> dict[Probe, Answer]:
-    """The answers in ``output`` of :func:`gather_script` (a malformed line answers nothing)."""
+    """The answers in ``output`` of :func:`gather_script`: none unless the ``NGFACTS`` line came
+    whole and its archive reads; a probe answers only with its exit status and both outputs."""
     if isinstance(output, bytes):
         output = output.decode(errors="replace")
-    answers: dict[Probe, Answer] = {}
+    files: dict[str, bytes] = {}
     for line in output.split("\n")[:-1]:  # a last piece without its newline was cut off
         parts = line.split(" ")
-        if (len(parts) != 6 or parts[0] != TAG or parts[5] != END or not parts[1].isdigit()
-                or int(parts[1]) >= len(probes)):
+        if len(parts) != 3 or parts[0] != TAG or parts[2] != END:
             continue
         try:
-            rc = int(parts[2])
-            out = base64.b64decode(parts[3], validate=True)
-            err = base64.b64decode(parts[4], validate=True)
-        except (ValueError, binascii.Error):
+            archive = tarfile.open(fileobj=io.BytesIO(base64.b64decode(parts[1], validate=True)), mode="r:")
+            with archive:
+                for member in archive.getmembers():
+                    content = archive.extractfile(member) if member.isfile() else None
+                    if content is not None:
+                        files[member.name.removeprefix("./")] = content.read()
+        except (ValueError, binascii.Error, tarfile.TarError, EOFError):
+            return {}
+    answers: dict[Probe, Answer] = {}
+    for n, probe in enumerate(probes):
+        rc, out, err = (files.get(f"{n}.{k}") for k in "roe")
+        if rc is None or out is None or err is None or not rc.strip().isdigit():
             continue
-        answers[probes[int(parts[1])]] = Answer(rc, out, err)
+        answers[probe] = Answer(int(rc), out, err)
     return answers
 
 
