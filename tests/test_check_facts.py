@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import shlex
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -110,6 +111,19 @@ def test_a_lost_or_garbled_answer_is_asked_again_on_its_own(local):
     assert parse_gathered(_archive_line({"0.r": b"0\n", "0.e": b""}) + "\n", probes) == {}
 
 
+def test_a_command_killed_by_a_signal_is_asked_again_on_its_own(local, tmp_path):
+    """Gathered, the shell turns a signal death into 128+N; alone, the command (exec'd by the
+    login shell) dies with its signal and SSH says so differently: that answer is not kept."""
+    crash = tmp_path / "crash"
+    crash.write_text("#!/bin/sh\necho before\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    probes = [Probe(str(crash)), Probe("sleep 5", timeout=1), Probe("echo fine")]
+    assert plain_words(probes[0].command) is not None
+    answers = parse_gathered(local.run(gather_script(probes)).stdout_bytes, probes)
+    assert answers == {probes[1]: Answer(124, b"", b""), probes[2]: Answer(0, b"fine\n", b"")}
+    assert parse_gathered(_archive_line({"0.r": b"137\n", "0.o": b"", "0.e": b""}) + "\n", probes) == {}
+
+
 @pytest.mark.parametrize("missing", ["base64", "mktemp", "tar"])
 def test_a_guest_without_base64_mktemp_or_tar_never_answers_wrong(local, missing):
     """The real script with the tool gone: no answers at all (never an empty one in their place:
@@ -139,10 +153,15 @@ def test_a_plain_command_runs_without_a_shell_and_answers_as_through_one(local):
             (shelled.rc, shelled.stdout_bytes, shelled.stderr_bytes), probe
     for command in ("echo -e x", "test -e /", "true", "command -v ls", "cd /tmp", "FOO=1 env", "cat /etc/host*",
                     "echo $HOME", "echo 'a b'", "ls | wc -l", "ls; ls", "ls >/dev/null", "~/bin/x", "ls ~",
-                    "if true", "a\\b", "ls\nid", "[ -e / ]", "time ls"):
+                    "if true", "a\\b", "ls\nid", "cat\u00a0/proc/cmdline", "cat\x0b/proc/cmdline", "shopt -q extglob",
+                    "pushd /tmp", "chdir /tmp", "coproc ls", "ls =ls", "[ -e / ]", "time ls"):
         assert plain_words(command) is None, command
         assert "/bin/sh -c" in command_line(Probe(command)), command
     assert "/bin/sh -c" in command_line(Probe("cat /proc/cmdline", as_root=True))  # sudo resets PATH
+    assert plain_words(" cat\t/proc/cmdline  -A ") == ["cat", "/proc/cmdline", "-A"]
+    shell_words = subprocess.run(["bash", "-c", "compgen -b; compgen -k"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+    assert [w for w in shell_words if plain_words(f"{w} x") is not None] == []  # bash: NixOS's /bin/sh
     # builtins differ from the program of the same name: the shell's echo is what the check meant
     assert local.run(command_line(Probe("echo -e x"))).stdout == local.run("echo -e x").stdout
     # a program that is not there: exit 127 either way (the message is timeout's, not the shell's)

@@ -58,17 +58,23 @@ DEFAULT_TIMEOUT = 60
 #: and ``<index>.e`` (stdout, stderr) per probe.
 TAG = "NGFACTS"
 END = "."
-#: A word that /bin/sh passes on as it is (no quoting, expansion, globbing, redirection or operator).
-_LITERAL_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+#: A word that /bin/sh passes on as it is (no quoting, expansion, globbing, redirection or operator;
+#: no leading `=`, which zsh expands when it is the SSH user's login shell).
+_LITERAL_WORD = re.compile(r"[A-Za-z0-9_@%+:,./-][A-Za-z0-9_@%+=:,./-]*")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_.+/-]*")  # no `=`: `a=b cmd` is an assignment to sh
-#: Words /bin/sh treats itself (dash's and bash's builtins and reserved words): through ``timeout``
-#: they would run a different program (coreutils' echo/printf/test/kill...) or none at all.
+#: Words /bin/sh treats itself: bash's builtins and reserved words (`compgen -b; compgen -k`: on
+#: NixOS /bin/sh is bash, nixpkgs nixos/modules/config/shells-environment.nix binsh) and dash's
+#: (`chdir`; /bin/sh on Debian). Through ``timeout`` they would run a different program
+#: (coreutils' echo/printf/test/kill...) or none at all.
 _SHELL_WORDS = frozenset("""
-    ! [ [[ { } . : alias bg break builtin case cd command continue declare do done echo elif else enable
-    esac eval exec exit export false fc fg fi for function getopts hash if in jobs kill let local
-    printf pwd read readonly return select set shift source test then time times trap true type
-    typeset ulimit umask unalias unset until wait while
+    ! [ [[ ]] { } . : alias bg bind break builtin caller case cd chdir command compgen complete compopt
+    continue coproc declare dirs disown do done echo elif else enable esac eval exec exit export false fc
+    fg fi for function getopts hash help history if in jobs kill let local logout mapfile popd printf
+    pushd pwd read readarray readonly return select set shift shopt source suspend test then time times
+    trap true type typeset ulimit umask unalias unset until wait while
 """.split())
+#: The shell splits words at spaces and tabs only (not at other Unicode whitespace).
+_PLAIN = re.compile(rf"[ \t]*{_LITERAL_WORD.pattern}(?:[ \t]+{_LITERAL_WORD.pattern})*[ \t]*")
 
 
 @dataclass(frozen=True)
@@ -92,11 +98,10 @@ class Answer:
 def plain_words(command: str) -> list[str] | None:
     """``command`` as the program and arguments /bin/sh would run, when it is one plain command
     (literal words only, not a shell builtin or reserved word); None: it needs a shell."""
-    if "\n" in command or "\r" in command:  # a newline separates commands
+    if not _PLAIN.fullmatch(command):  # also: a newline separates commands
         return None
-    words = command.split()
-    if (not words or not _PROGRAM.fullmatch(words[0]) or words[0] in _SHELL_WORDS
-            or not all(_LITERAL_WORD.fullmatch(w) for w in words)):
+    words = re.split(r"[ \t]+", command.strip(" \t"))
+    if not _PROGRAM.fullmatch(words[0]) or words[0] in _SHELL_WORDS:
         return None
     return words
 
@@ -175,6 +180,11 @@ def parse_gathered(output: str | bytes, probes: Sequence[Probe]) -> dict[Probe, 
     for n, probe in enumerate(probes):
         rc, out, err = (files.get(f"{n}.{k}") for k in "roe")
         if rc is None or out is None or err is None or not rc.strip().isdigit():
+            continue
+        # Killed by a signal (a crash, the OOM killer, timeout's KILL): the gathering shell says
+        # 128+N, but alone the command may die with its signal and SSH reports that differently
+        # (exit-signal, no status); such a command runs again on its own. 124 is timeout's own.
+        if int(rc) > 128:
             continue
         answers[probe] = Answer(int(rc), out, err)
     return answers
