@@ -181,12 +181,14 @@ def parse_gathered(output: str | bytes, probes: Sequence[Probe]) -> dict[Probe, 
         rc, out, err = (files.get(f"{n}.{k}") for k in "roe")
         if rc is None or out is None or err is None or not rc.strip().isdigit():
             continue
+        status = int(rc)
         # Killed by a signal (a crash, the OOM killer, timeout's KILL): the gathering shell says
-        # 128+N, but alone the command may die with its signal and SSH reports that differently
-        # (exit-signal, no status); such a command runs again on its own. 124 is timeout's own.
-        if int(rc) > 128:
+        # 128+N, but alone the command may die with its signal, and sshd then sends "exit-signal"
+        # instead of "exit-status" (OpenSSH session.c session_exit_message: WIFSIGNALED); such a
+        # command runs again on its own. 124 is timeout's own status for a command it stopped.
+        if status > 128:
             continue
-        answers[probe] = Answer(int(rc), out, err)
+        answers[probe] = Answer(status, out, err)
     return answers
 
 
