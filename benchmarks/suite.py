@@ -8,6 +8,13 @@ minutes) and the VM tests' summed test time, and every module's summed time, slo
 times are pytest's own (setup + call + teardown of each test); with several workers (``-n``) they
 add up to more than the wall time.
 
+It also prints where the machine's CPU went during the run: the busy core-seconds of the whole
+machine (``/proc/stat``), the guests' share (every ``qemu-system-x86_64`` process, sampled from
+``/proc/<pid>/stat`` each second) with the number of guests started, and the least wall time the
+same work needs with every core busy (busy core-seconds / cores). The suite is CPU-bound when that
+floor is close to the wall time; then only less work (fewer or cheaper guest boots) makes it faster.
+Other work on the machine counts in the machine's figure, not in the guests'.
+
 ``--write-weights``: after a run that passed, record every module's time in
 ``tests/file-weights.json``; ``tests/conftest.py`` hands the files to the workers heaviest first.
 """
@@ -19,15 +26,97 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SUITE_S = 20 * 60
 GOAL_FAST_S = 2 * 60
 WEIGHTS = REPO / "tests" / "file-weights.json"
+
+
+GUEST_COMM = "qemu-system-x86"  # /proc/<pid>/stat's comm: the first 15 bytes of qemu-system-x86_64
+
+
+def busy_ticks(proc_stat: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs from ``/proc/stat``'s first line (proc(5): user nice
+    system idle iowait irq softirq steal ...; idle and iowait are not busy)."""
+    fields = [int(v) for v in proc_stat.splitlines()[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def process_ticks(stat_line: str) -> tuple[str, int, int]:
+    """(comm, utime + stime, starttime) of one ``/proc/<pid>/stat`` line (proc(5): fields 2, 14, 15,
+    22; comm is in parentheses and may hold spaces and parentheses, so split after the last ')')."""
+    comm = stat_line[stat_line.index("(") + 1:stat_line.rindex(")")]
+    rest = stat_line[stat_line.rindex(")") + 2:].split()
+    return comm, int(rest[11]) + int(rest[12]), int(rest[19])
+
+
+@dataclass
+class CpuSampler:
+    """The guests' CPU ticks during a run: every qemu process's ticks, sampled from ``proc`` each
+    ``interval`` s (a process counts from the first sample; its last second before it exits is lost)."""
+    proc: Path = Path("/proc")
+    interval: float = 1.0
+    baseline: dict[tuple[int, int], int] = field(default_factory=dict)
+    latest: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[tuple[int, int], int]:
+        guests = {}
+        for stat in self.proc.glob("[0-9]*/stat"):
+            try:
+                comm, ticks, start = process_ticks(stat.read_text())
+            except (OSError, ValueError, IndexError):
+                continue  # gone between glob and read, or not a process
+            if comm == GUEST_COMM:
+                guests[(int(stat.parent.name), start)] = ticks
+        return guests
+
+    def sample(self) -> None:
+        self.latest.update(self.snapshot())
+
+    def guest_ticks(self) -> int:
+        return sum(ticks - self.baseline.get(key, 0) for key, ticks in self.latest.items())
+
+    def guests_started(self) -> int:
+        return len(self.latest.keys() - self.baseline.keys())
+
+    def run_while(self, work) -> object:
+        """``work()``'s result, sampling in a thread meanwhile."""
+        self.baseline = self.snapshot()
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(self.interval):
+                self.sample()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            return work()
+        finally:
+            done.set()
+            thread.join()
+            self.sample()
+
+
+def cpu_lines(busy_s: float, total_s: float, guest_s: float, guests: int, wall: float, cores: int) -> list[str]:
+    """The CPU split as printed (seconds are core-seconds)."""
+    share = 100 * busy_s / total_s if total_s else 0.0
+    per_guest = f", {guest_s / guests:.0f} core-s each" if guests else ""
+    return [
+        f"cpu: {busy_s:.0f} core-s busy in {wall:.0f} s on {cores} cores ({share:.0f} % busy); "
+        f"guests (qemu, {guests} started{per_guest}): {guest_s:.0f} core-s; everything else: {busy_s - guest_s:.0f} core-s",
+        f"  the same work with every core busy: at least {busy_s / cores / 60:.1f} min "
+        f"(the guests alone: {guest_s / cores / 60:.1f} min)",
+    ]
 
 
 def vm_test_ids() -> set[str]:
@@ -56,9 +145,12 @@ def main(argv: list[str]) -> int:
         junit = Path(tmp) / "junit.xml"
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra]
         print("running:", " ".join(cmd), flush=True)
+        sampler = CpuSampler()
+        busy0, total0 = busy_ticks(Path("/proc/stat").read_text())
         t0 = time.monotonic()
-        rc = subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode
+        rc = sampler.run_while(lambda: subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode)
         wall = time.monotonic() - t0
+        busy1, total1 = busy_ticks(Path("/proc/stat").read_text())
         vm_ids = vm_test_ids()
         per_module: dict[str, float] = defaultdict(float)
         lanes = {"fast lane": 0.0, "vm": 0.0}
@@ -72,6 +164,10 @@ def main(argv: list[str]) -> int:
           f"{'met' if wall < GOAL_SUITE_S else 'NOT met'})")
     print(f"  fast lane (-m 'not vm'): {lanes['fast lane']:.0f} s of test time (goal < {GOAL_FAST_S} s: "
           f"{'met' if lanes['fast lane'] < GOAL_FAST_S else 'NOT met'}); vm tests: {lanes['vm'] / 60:.1f} min")
+    tick = os.sysconf("SC_CLK_TCK")
+    for line in cpu_lines((busy1 - busy0) / tick, (total1 - total0) / tick, sampler.guest_ticks() / tick,
+                          sampler.guests_started(), wall, os.cpu_count() or 1):
+        print(line)
     for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:7.1f} s  {module}")
     print(f"load average now {os.getloadavg()[0]:.2f} (other work on this machine slows every figure)")

@@ -38,14 +38,76 @@ def _is_module(name: str) -> bool:
     return True
 
 
+def _suite_module():
+    """benchmarks/suite.py as a module (benchmarks/ is not a package; dataclasses need it in sys.modules)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("nixgold_bench_suite", BENCHMARKS[0].parent / "suite.py")
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = suite
+    spec.loader.exec_module(suite)
+    return suite
+
+
 def test_the_suite_benchmark_finds_each_tests_file():
     """benchmarks/suite.py sums pytest's JUnit times per test file: ``classname`` is the dotted module
     (``tests.test_x``) for a test function and module + class for a method."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("suite", Path(__file__).resolve().parents[1] / "benchmarks/suite.py")
-    suite = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(suite)
+    suite = _suite_module()
     assert suite.module_of("tests.test_config") == "tests/test_config.py"
     assert suite.module_of("tests.test_config.TestSomething") == "tests/test_config.py"
     assert suite.module_of("tests.no_such_file") == "tests/no_such_file.py"
+
+
+def _stat(pid: int, comm: str, utime: int, stime: int, start: int) -> str:
+    # proc(5): pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
+    # utime stime cutime cstime priority nice num_threads itrealvalue starttime ...
+    return f"{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 3 0 {start} 1000 10\n"
+
+
+def test_the_suite_benchmark_splits_the_cpu_between_guests_and_the_rest(tmp_path):
+    """benchmarks/suite.py's CPU figures: /proc/stat's busy ticks (idle and iowait are not busy),
+    each qemu process's utime + stime from /proc/<pid>/stat (a comm with spaces and parentheses
+    does not shift the fields), counted from the run's start, and a qemu that exits keeps its last
+    sample; a pid reused by a new process is a new guest."""
+    suite = _suite_module()
+    assert suite.busy_ticks("cpu  100 5 20 1000 30 1 2 3 0 0\ncpu0 1 2 3\n") == (131, 1161)
+    assert suite.process_ticks(_stat(7, "a (b) c", 11, 4, 99)) == ("a (b) c", 15, 99)
+
+    proc = tmp_path / "proc"
+
+    def write(pid: int, text: str | None) -> None:
+        d = proc / str(pid)
+        d.mkdir(parents=True, exist_ok=True)
+        if text is None:
+            (d / "stat").unlink(missing_ok=True)
+            d.rmdir()
+        else:
+            (d / "stat").write_text(text)
+
+    write(10, _stat(10, suite.GUEST_COMM, 500, 100, 1))   # a guest from before the run
+    write(11, _stat(11, "python3", 900, 0, 2))            # not a guest
+    sampler = suite.CpuSampler(proc=proc)
+
+    def run() -> str:
+        write(10, _stat(10, suite.GUEST_COMM, 650, 150, 1))  # +200 during the run
+        write(12, _stat(12, suite.GUEST_COMM, 70, 30, 50))   # a new guest: 100
+        sampler.sample()
+        write(12, None)                                      # it exits; its last sample counts
+        write(13, _stat(13, suite.GUEST_COMM, 40, 0, 60))    # another: 40
+        sampler.sample()
+        write(13, _stat(13, suite.GUEST_COMM, 40, 20, 60))   # +20 seen at the end
+        write(11, _stat(11, "python3", 5000, 0, 2))
+        return "done"
+
+    assert sampler.run_while(run) == "done"
+    assert sampler.guest_ticks() == 200 + 100 + 60
+    assert sampler.guests_started() == 2
+    write(12, _stat(12, suite.GUEST_COMM, 5, 5, 70))        # pid 12 again: another process
+    sampler.sample()
+    assert (sampler.guest_ticks(), sampler.guests_started()) == (370, 3)
+
+    lines = suite.cpu_lines(busy_s=3000, total_s=4000, guest_s=2400, guests=40, wall=2000, cores=2)
+    assert lines[0] == ("cpu: 3000 core-s busy in 2000 s on 2 cores (75 % busy); guests (qemu, 40 started, "
+                        "60 core-s each): 2400 core-s; everything else: 600 core-s")
+    assert lines[1] == "  the same work with every core busy: at least 25.0 min (the guests alone: 20.0 min)"
