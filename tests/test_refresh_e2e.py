@@ -27,7 +27,7 @@ import pytest
 
 from nixgold.errors import ExitCode
 from tests.helpers.background import BackgroundRun
-from tests.testbed.refresh_producer import seed_promoted
+from tests.testbed.refresh_producer import seed_candidate, seed_promoted
 
 pytestmark = pytest.mark.vm
 
@@ -44,6 +44,7 @@ OLD_BUILD = "seed-good-0000"
 TZ_1 = 'timezone = "Europe/Berlin"'  # the seeded template was "built" from this
 TZ_2 = 'timezone = "Asia/Tokyo"'  # the failing candidate's inputs
 TZ_3 = 'timezone = "America/Lima"'  # the fault story's inputs
+TZ_4 = 'timezone = "Africa/Nairobi"'  # the seeded candidate's inputs (a promotion killed while archiving)
 
 
 class Story:
@@ -232,6 +233,34 @@ def exit_of(result: subprocess.CompletedProcess, code: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+def test_a_rollback_after_a_promotion_killed_while_archiving_keeps_the_template(story):
+    """A refresh SIGKILLed while it copies the promoted template into its archive never touched the
+    template: `invoke rollback` then undoes that promotion (the half copy and the candidate removed, the
+    template the same VM, build and protection) and the cluster is as before. The candidate is seeded
+    as verified (its inputs TZ_4), so no verify is spent here."""
+    before = story.template()
+    story.write_config(TZ_4)
+    seed_candidate(story.bed, STAGING.start, TEMPLATE, NAME, build_id="seed-cand-0001", digest=story.digest(TZ_4))
+    story.fault("slow_task", f"/nodes/*/qemu/{TEMPLATE}/clone", method="POST", nth=1, seconds=20)
+    arch = story.start("refresh")
+    story.kill_at(arch, rf"archiving .* as ({ARCHIVES.start + 1}) \(a full copy\)", after=3)
+    story.clear_faults()
+    assert f"using candidate {STAGING.start}" in arch.err and "same inputs, no build" in arch.err, arch.err
+    half = story.vms()
+    promotion = story.record(half[STAGING.start]).get("promotion") or {}
+    assert (promotion.get("step"), promotion.get("archive_vmid")) == ("archiving", ARCHIVES.start + 1), promotion
+    assert ARCHIVES.start + 1 in half  # the copy still under way (PVE's 'qmclone temporary file', locked)
+    assert half[TEMPLATE]["protection"] == 1 and half[TEMPLATE]["description"] == before["description"]
+
+    back = story.run("rollback")
+    exit_of(back, 0)
+    assert f"undid the promotion of {STAGING.start}: {TEMPLATE} is still build {SEED_BUILD}" in back.stdout, back.stdout
+    after = story.settled("rollback after a promotion killed while archiving")
+    assert set(after) == {TEMPLATE, ARCHIVES.start}, sorted(after)  # the seeded archive; no half copy, no candidate
+    assert after[TEMPLATE]["digest"] == before["digest"] and after[TEMPLATE]["description"] == before["description"]
+    story.write_config(TZ_1)
+
+
 def test_faults_at_every_phase_boundary_then_the_next_run_converges(story):
     """Build, verify, archive, swap, retention: SIGKILL, SIGTERM and simulator faults (500, lock timeout,
     task failure) at each, then the next run finishes or undoes it; two refreshes at once; linked clones

@@ -70,6 +70,22 @@ SEEDED_VERIFICATION = {"outcome": "passed", "checks": 34, "passed": 29, "at": "2
                        "note": "seeded by the test bed, not verified here"}
 
 
+def seed_candidate(bed: Any, vmid: int, template_vmid: int, name: str, *, build_id: str, digest: str) -> None:
+    """What a refresh that built and verified a candidate, then stopped before promoting it, leaves at
+    staging vmid ``vmid``: the ``good`` stand-in as a template with the candidate record (step verified,
+    a passed verification recorded, ``digest`` its inputs), so the next refresh of the same inputs
+    promotes it without building or verifying (tests that need a promotion, not a verify)."""
+    from tests.testbed.bed import default_manifest
+
+    record = {"role": "candidate", "id": build_id, "of": template_vmid, "vmid": vmid, "step": "verified",
+              "input_digest": digest, "verification": SEEDED_VERIFICATION}
+    manifest = {**default_manifest(template_vmid, name, "good", None), "build_id": build_id, "refresh": record}
+    bed.import_variant("good", vmid, name=f"{name}-candidate-{build_id.lower()}",
+                       description=json.dumps(manifest, separators=(",", ":")))
+    with bed.enter():
+        bed.root_api().nodes(bed.node).qemu(vmid).config.put(tags="nixgold;nixgold-candidate")
+
+
 def seed_promoted(bed: Any, vmid: int, name: str, *, build_id: str, tags: str, digest: str = "0" * 64,
                   archive: tuple[int, str] | None = None) -> None:
     """What a first refresh (and, with ``archive`` = (vmid, build id), one before it) leaves: the ``good``
