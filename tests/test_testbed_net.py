@@ -155,6 +155,36 @@ def test_down_leaves_nothing(net):
     net.down()  # already down: no error
 
 
+def test_down_holds_the_namespace_until_its_checks_are_done(net, monkeypatch):
+    """Once `ip netns delete` has run and nothing holds the namespace, the kernel frees its inode number
+    and hands it to the next namespace made on the machine (another worker's bed; seen here: the same
+    number back within five add/delete rounds). down() keeps the namespace open until it has looked for
+    processes left in it, so that scan cannot find another namespace's processes as ours."""
+    import tests.testbed.net as netmod
+
+    net.up()
+    st = os.stat(net.netns_path)
+    ns = (st.st_dev, st.st_ino)
+    held_at_scan = []
+    real = netmod._pids_in_net_inode
+
+    def spy(ino: int) -> list[int]:
+        if ino == ns[1] and not net.exists():  # the scan after the delete
+            fds = []
+            for fd in os.listdir("/proc/self/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.stat(f"/proc/self/fd/{fd}")
+                    fds.append((target.st_dev, target.st_ino))
+            held_at_scan.append(ns in fds)
+        return real(ino)
+
+    monkeypatch.setattr(netmod, "_pids_in_net_inode", spy)
+    net.down()
+    assert held_at_scan == [True]
+    assert not any(os.stat(f"/proc/self/fd/{fd}").st_ino == ns[1] for fd in os.listdir("/proc/self/fd")
+                   if os.path.exists(f"/proc/self/fd/{fd}"))  # and let go after
+
+
 def test_down_refuses_to_leave_stragglers_silently(net):
     net.up()
     straggler = subprocess.Popen(net.exec_argv(["sleep", "600"]))

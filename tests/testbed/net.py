@@ -298,34 +298,45 @@ class TestbedNetwork:
         dnsmasq_pid = self.dnsmasq_pid()
         taps_before = set(self._taps) | set(self.taps())
         self._stop_dnsmasq()
-        ino = self._netns_inode()
-        stragglers = self.ns_pids()
-        if stragglers:
-            if not kill_stragglers:
-                desc = ", ".join(f"{p} ({_cmdline(p)[:80]})" for p in stragglers)
-                raise TestbedNetworkError(f"processes still in netns {self.netns}: {desc}")
-            _terminate(stragglers)
-        if self.exists():
-            proc = _run(["ip", "netns", "delete", self.netns], check=False)
-            if proc.returncode != 0 and self.exists():
-                raise TestbedNetworkError(f"cannot delete netns {self.netns}: {proc.stderr.strip()}")
-        self._taps.clear()
-        problems = []
-        if self.exists():
-            problems.append(f"namespace {self.netns} still exists")
-        if dnsmasq_pid is not None and _pid_alive(dnsmasq_pid):
-            problems.append(f"dnsmasq pid {dnsmasq_pid} still running")
-        if ino is not None:
-            left = [p for p in _pids_in_net_inode(ino) if p != os.getpid()]
-            if left:
-                problems.append(
-                    "processes still in the (deleted) namespace: "
-                    + ", ".join(f"{p} ({_cmdline(p)[:80]})" for p in left)
-                )
-            threads = own_threads_in_net_inode(ino)
-            if threads:
-                problems.append("threads of this process still inside the namespace (an unbalanced enter(), or "
-                                "threads started inside it that still run): " + "; ".join(threads.values()))
+        # Hold the namespace open until the checks below are done: once nothing holds it, the kernel
+        # frees its inode number and the next namespace made on the machine (another worker's bed) may
+        # get the same one; the checks would then find that namespace's processes as ours.
+        try:
+            held = os.open(self.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            held = None
+        try:
+            ino = os.fstat(held).st_ino if held is not None else None
+            stragglers = self.ns_pids()
+            if stragglers:
+                if not kill_stragglers:
+                    desc = ", ".join(f"{p} ({_cmdline(p)[:80]})" for p in stragglers)
+                    raise TestbedNetworkError(f"processes still in netns {self.netns}: {desc}")
+                _terminate(stragglers)
+            if self.exists():
+                proc = _run(["ip", "netns", "delete", self.netns], check=False)
+                if proc.returncode != 0 and self.exists():
+                    raise TestbedNetworkError(f"cannot delete netns {self.netns}: {proc.stderr.strip()}")
+            self._taps.clear()
+            problems = []
+            if self.exists():
+                problems.append(f"namespace {self.netns} still exists")
+            if dnsmasq_pid is not None and _pid_alive(dnsmasq_pid):
+                problems.append(f"dnsmasq pid {dnsmasq_pid} still running")
+            if ino is not None:
+                left = [p for p in _pids_in_net_inode(ino) if p != os.getpid()]
+                if left:
+                    problems.append(
+                        "processes still in the (deleted) namespace: "
+                        + ", ".join(f"{p} ({_cmdline(p)[:80]})" for p in left)
+                    )
+                threads = own_threads_in_net_inode(ino)
+                if threads:
+                    problems.append("threads of this process still inside the namespace (an unbalanced enter(), or "
+                                    "threads started inside it that still run): " + "; ".join(threads.values()))
+        finally:
+            if held is not None:
+                os.close(held)
         # Taps live and die with the namespace; one in the host namespace would be a leak.
         root_taps = [t for t in _root_ns_links() if t in taps_before]
         if root_taps:
