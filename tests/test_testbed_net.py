@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,7 @@ def test_a_dead_runs_network_and_what_runs_in_it_are_taken_down_a_live_ones_not(
     guest = None
     try:
         dead.up()
+        dead.release()  # a dead process holds no lock
         live.up()
         guest = subprocess.Popen(dead.exec_argv(["sleep", "600"]))  # stands for a QEMU the dead run left
         dnsmasq = dead.dnsmasq_pid()
@@ -228,6 +230,51 @@ def test_a_dead_runs_network_and_what_runs_in_it_are_taken_down_a_live_ones_not(
             if n.exists():
                 with contextlib.suppress(TestbedNetworkError):
                     n.down()
+
+
+def test_a_namespace_whose_owner_lock_is_held_is_not_reaped_though_its_pid_looks_dead(tmp_path):
+    """The pid in a namespace's name is the creator's pid in *its* PID namespace: a run in a container
+    on the same machine looks dead from here. Its owner lock (held by a live process, here another
+    one that took it over by hand) keeps the reaper off; once that process lets go, it is reaped. A
+    second up() of the same namespace in the process that owns it neither waits nor fails."""
+    import tests.testbed.net as netmod
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    other = TestbedNetwork(netns=f"ngreap-{gone.pid}-pidns", subnet="10.98.3.0/24", host_ip="10.98.3.1/24",
+                           dhcp_range=("10.98.3.50", "10.98.3.60"), state_dir=tmp_path / "other")
+    holder = None
+    try:
+        other.up()
+        t0 = time.monotonic()
+        TestbedNetwork(netns=other.netns, subnet="10.98.3.0/24", host_ip="10.98.3.1/24",
+                       dhcp_range=("10.98.3.50", "10.98.3.60"), state_dir=tmp_path / "other").up()
+        assert time.monotonic() - t0 < 1.5
+        assert netmod.owner_lock_held(other.netns)
+        other.release()
+        assert not netmod.owner_lock_held(other.netns)
+        lock = netmod.OWNER_LOCK_DIR / f"{other.netns}.lock"
+        lock.touch()
+        # a live process (standing for the run in another PID namespace) takes the lock
+        holder = subprocess.Popen([sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1]); "
+                                   "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)",
+                                   str(lock)], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        assert netmod.owner_lock_held(other.netns)
+        assert orphaned_namespaces("ngreap-") == [] and reap_orphaned("ngreap-") == {}
+        assert other.exists()
+        holder.kill()
+        holder.wait()
+        assert orphaned_namespaces("ngreap-") == [other.netns]
+        assert reap_orphaned("ngreap-") == {other.netns: ""}
+        assert not other.exists() and not lock.exists()
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if other.exists():
+            with contextlib.suppress(TestbedNetworkError):
+                other.down()
 
 
 def test_leases_parses_dnsmasq_file(net, tmp_path):

@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -52,6 +54,12 @@ __all__ = [
 
 NETNS_RUN_DIR = Path("/run/netns")
 DEFAULT_STATE_ROOT = Path("/run/nixgold-testbed")
+#: ``<netns>.lock`` per namespace a :class:`TestbedNetwork` brought up, flock()ed by the process that
+#: did for as long as it lives or until its down() (the kernel drops a dead process's locks): the
+#: reaper leaves a namespace whose lock is held, also when the pid in its name is not one this PID
+#: namespace can see (a run in a container, or another PID namespace, on the same machine).
+OWNER_LOCK_DIR = DEFAULT_STATE_ROOT / "netns-owners"
+_OWNED: dict[str, int] = {}  # netns -> the locked fd, for the namespaces this process owns
 CLONE_NEWNET = 0x40000000
 IFNAMSIZ = 15  # usable characters of a Linux interface name
 
@@ -212,6 +220,7 @@ class TestbedNetwork:
         """Create namespace, bridge, host address and DHCP server (idempotent)."""
         if shutil.which("dnsmasq") is None:
             raise TestbedNetworkError("dnsmasq not found (Debian package dnsmasq-base)")
+        self._claim()
         if not self.exists():
             _run(["ip", "netns", "add", self.netns])
         self._ip("link", "set", "dev", "lo", "up")
@@ -225,6 +234,34 @@ class TestbedNetwork:
         self._ip("link", "set", "dev", self.bridge, "up")
         self._start_dnsmasq()
         return self
+
+    def _claim(self, wait: float = 2.0) -> None:
+        """Hold this namespace's owner lock (:data:`OWNER_LOCK_DIR`) while this process lives or until
+        down(). Held by this process already: nothing to do; by another one: go on without it (the
+        reaper's rule by pid still applies)."""
+        if self.netns in _OWNED:
+            return
+        OWNER_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(OWNER_LOCK_DIR / f"{self.netns}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _OWNED[self.netns] = fd
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
+                    os.close(fd)
+                    return
+                time.sleep(0.05)  # a reaper looking at it holds it for a moment
+
+    def release(self) -> None:
+        """Let go of the owner lock, if this process holds it (down() does; so does the process's end)."""
+        fd = _OWNED.pop(self.netns, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                (OWNER_LOCK_DIR / f"{self.netns}.lock").unlink()
+            os.close(fd)
 
     def _start_dnsmasq(self) -> None:
         if self.dnsmasq_pid() is not None:
@@ -341,6 +378,11 @@ class TestbedNetwork:
         root_taps = [t for t in _root_ns_links() if t in taps_before]
         if root_taps:
             problems.append(f"interfaces leaked into the host namespace: {root_taps}")
+        if not self.exists():  # nothing left to own (whatever else is wrong is said below)
+            self.release()
+            if not owner_lock_held(self.netns):  # brought up by a process that is gone (the CLI's `up`)
+                with contextlib.suppress(OSError):
+                    (OWNER_LOCK_DIR / f"{self.netns}.lock").unlink()
         if problems:
             raise TestbedNetworkError(f"testbed network {self.netns} not cleanly down: " + "; ".join(problems))
         shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -443,15 +485,31 @@ def orphaned_namespaces(prefix: str) -> list[str]:
     test run that died (OOM, a hard timeout, a killed xdist worker) without taking its bed down. Its
     guests and dnsmasq may still run in there, eating the CPU of every later run on the machine. A
     namespace whose pid is alive belongs to a running session (or the pid was reused): it is never
-    listed. Pids are this PID namespace's: a session in another one would look dead here."""
+    listed. Pids are this PID namespace's: a session in another one would look dead here, so a
+    namespace whose owner lock is held (:data:`OWNER_LOCK_DIR`) is not listed either."""
     if not NETNS_RUN_DIR.is_dir():
         return []
     found = []
     for path in sorted(NETNS_RUN_DIR.iterdir()):
         m = re.fullmatch(re.escape(prefix) + r"(\d+)(?:-[\w-]+)?", path.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not _pid_alive(int(m.group(1))) and not owner_lock_held(path.name):
             found.append(path.name)
     return found
+
+
+def owner_lock_held(netns: str) -> bool:
+    """Whether a live process holds ``netns``'s owner lock (a moment's shared lock tells)."""
+    try:
+        fd = os.open(OWNER_LOCK_DIR / f"{netns}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)  # (drops the shared lock, if it was taken)
+    return False
 
 
 def reap_orphaned(prefix: str) -> dict[str, str]:
@@ -460,7 +518,7 @@ def reap_orphaned(prefix: str) -> dict[str, str]:
     outcome = {}
     for name in orphaned_namespaces(prefix):
         try:
-            TestbedNetwork(netns=name).down(kill_stragglers=True)
+            TestbedNetwork(netns=name).down(kill_stragglers=True)  # (removes its owner lock file)
             outcome[name] = ""
         except Exception as exc:  # noqa: BLE001 - one namespace's trouble must not keep the others
             outcome[name] = f"{type(exc).__name__}: {exc}"
