@@ -9,11 +9,12 @@ times are pytest's own (setup + call + teardown of each test); with several work
 add up to more than the wall time.
 
 It also prints where the machine's CPU went during the run: the busy core-seconds of the whole
-machine (``/proc/stat``), the guests' share (every ``qemu-system-x86_64`` process, sampled from
-``/proc/<pid>/stat`` each second) with the number of guests started, and the least wall time the
-same work needs with every core busy (busy core-seconds / cores). The suite is CPU-bound when that
-floor is close to the wall time; then only less work (fewer or cheaper guest boots) makes it faster.
-Other work on the machine counts in the machine's figure, not in the guests'.
+machine (``/proc/stat``; steal, time the hypervisor gave to others, is not counted), the guests'
+share (every ``qemu-system-x86_64`` process whose command line names this run's ``--basetemp``,
+sampled from ``/proc/<pid>/stat`` each second) with the number of guests started, and the least wall
+time the same work needs with every core busy (busy core-seconds / cores). The suite is CPU-bound
+when that floor is close to the wall time; then only less work (fewer or cheaper guest boots) makes
+it faster. Other work on the machine (another run's guests too) counts in the machine's figure.
 
 ``--write-weights``: after a run that passed, record every module's time in
 ``tests/file-weights.json``; ``tests/conftest.py`` hands the files to the workers heaviest first.
@@ -44,10 +45,10 @@ GUEST_COMM = "qemu-system-x86"  # /proc/<pid>/stat's comm: the first 15 bytes of
 
 def busy_ticks(proc_stat: str) -> tuple[int, int]:
     """(busy, total) clock ticks of all CPUs from ``/proc/stat``'s first line (proc(5): user nice
-    system idle iowait irq softirq steal ...; idle and iowait are not busy)."""
+    system idle iowait irq softirq steal ...; idle and iowait are not busy, steal is not ours)."""
     fields = [int(v) for v in proc_stat.splitlines()[0].split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
-    busy = user + nice + system + irq + softirq + steal
+    user, nice, system, idle, iowait, irq, softirq, _steal = fields + [0] * (8 - len(fields))
+    busy = user + nice + system + irq + softirq
     return busy, busy + idle + iowait
 
 
@@ -61,10 +62,12 @@ def process_ticks(stat_line: str) -> tuple[str, int, int]:
 
 @dataclass
 class CpuSampler:
-    """The guests' CPU ticks during a run: every qemu process's ticks, sampled from ``proc`` each
-    ``interval`` s (a process counts from the first sample; its last second before it exits is lost)."""
+    """The guests' CPU ticks during a run: the ticks of every qemu process whose command line holds
+    ``marker`` (any qemu when it is empty), sampled from ``proc`` each ``interval`` s (a process
+    counts from the first sample; its last second before it exits is lost)."""
     proc: Path = Path("/proc")
     interval: float = 1.0
+    marker: str = ""
     baseline: dict[tuple[int, int], int] = field(default_factory=dict)
     latest: dict[tuple[int, int], int] = field(default_factory=dict)
 
@@ -75,9 +78,17 @@ class CpuSampler:
                 comm, ticks, start = process_ticks(stat.read_text())
             except (OSError, ValueError, IndexError):
                 continue  # gone between glob and read, or not a process
-            if comm == GUEST_COMM:
+            if comm == GUEST_COMM and self.ours(stat.parent):
                 guests[(int(stat.parent.name), start)] = ticks
         return guests
+
+    def ours(self, pid_dir: Path) -> bool:
+        if not self.marker:
+            return True
+        try:
+            return self.marker.encode() in (pid_dir / "cmdline").read_bytes()
+        except OSError:
+            return False
 
     def sample(self) -> None:
         self.latest.update(self.snapshot())
@@ -143,9 +154,11 @@ def main(argv: list[str]) -> int:
     write_weights = "--write-weights" in own
     with tempfile.TemporaryDirectory(prefix="nixgold-suite-") as tmp:
         junit = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra]
+        basetemp = next((a.split("=", 1)[1] for a in extra if a.startswith("--basetemp=")), None)
+        own = [] if basetemp else [f"--basetemp={Path(tmp) / 'basetemp'}"]
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *own, *extra]
         print("running:", " ".join(cmd), flush=True)
-        sampler = CpuSampler()
+        sampler = CpuSampler(marker=str(Path(basetemp or Path(tmp) / "basetemp").resolve()))
         busy0, total0 = busy_ticks(Path("/proc/stat").read_text())
         t0 = time.monotonic()
         rc = sampler.run_while(lambda: subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode)

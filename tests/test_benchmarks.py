@@ -69,25 +69,29 @@ def test_the_suite_benchmark_splits_the_cpu_between_guests_and_the_rest(tmp_path
     """benchmarks/suite.py's CPU figures: /proc/stat's busy ticks (idle and iowait are not busy),
     each qemu process's utime + stime from /proc/<pid>/stat (a comm with spaces and parentheses
     does not shift the fields), counted from the run's start, and a qemu that exits keeps its last
-    sample; a pid reused by a new process is a new guest."""
+    sample; a pid reused by a new process is a new guest; a qemu whose command line does not name the
+    run's basetemp is another run's (not counted)."""
     suite = _suite_module()
-    assert suite.busy_ticks("cpu  100 5 20 1000 30 1 2 3 0 0\ncpu0 1 2 3\n") == (131, 1161)
+    assert suite.busy_ticks("cpu  100 5 20 1000 30 1 2 3 0 0\ncpu0 1 2 3\n") == (128, 1158)
     assert suite.process_ticks(_stat(7, "a (b) c", 11, 4, 99)) == ("a (b) c", 15, 99)
 
     proc = tmp_path / "proc"
 
-    def write(pid: int, text: str | None) -> None:
+    def write(pid: int, text: str | None, cmdline: bytes = b"qemu-system-x86_64\0-name\0/run/base/t0/x\0") -> None:
         d = proc / str(pid)
         d.mkdir(parents=True, exist_ok=True)
         if text is None:
-            (d / "stat").unlink(missing_ok=True)
+            for f in d.iterdir():
+                f.unlink()
             d.rmdir()
         else:
             (d / "stat").write_text(text)
+            (d / "cmdline").write_bytes(cmdline)
 
     write(10, _stat(10, suite.GUEST_COMM, 500, 100, 1))   # a guest from before the run
     write(11, _stat(11, "python3", 900, 0, 2))            # not a guest
-    sampler = suite.CpuSampler(proc=proc)
+    write(14, _stat(14, suite.GUEST_COMM, 10, 0, 3), b"qemu-system-x86_64\0/elsewhere/other-run\0")
+    sampler = suite.CpuSampler(proc=proc, marker="/run/base")
 
     def run() -> str:
         write(10, _stat(10, suite.GUEST_COMM, 650, 150, 1))  # +200 during the run
@@ -98,6 +102,8 @@ def test_the_suite_benchmark_splits_the_cpu_between_guests_and_the_rest(tmp_path
         sampler.sample()
         write(13, _stat(13, suite.GUEST_COMM, 40, 20, 60))   # +20 seen at the end
         write(11, _stat(11, "python3", 5000, 0, 2))
+        write(14, _stat(14, suite.GUEST_COMM, 9000, 0, 3), b"qemu-system-x86_64\0/elsewhere/other-run\0")
+        write(15, _stat(15, suite.GUEST_COMM, 70, 0, 80), b"qemu-system-x86_64\0/elsewhere\0")  # another run's
         return "done"
 
     assert sampler.run_while(run) == "done"

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -131,9 +130,19 @@ def test_enter_switches_only_the_current_thread(net):
 
 
 def test_down_leaves_nothing(net):
+    import tests.testbed.net as netmod
+
     net.up()
     net.add_tap("ngtap0")
     pid = net.dnsmasq_pid()
+    lock = netmod.OWNER_LOCK_DIR / f"{net.netns}.lock"
+    assert net.netns in netmod._OWNED and netmod.owner_lock_held(net.netns)
+    lock_id = (os.stat(lock).st_dev, os.stat(lock).st_ino)
+    for fd in os.listdir(f"/proc/{pid}/fd"):  # not inherited (O_CLOEXEC; subprocess closes fds too): a child
+        # outliving us keeps no lock
+        with contextlib.suppress(OSError):
+            target = os.stat(f"/proc/{pid}/fd/{fd}")
+            assert (target.st_dev, target.st_ino) != lock_id, "dnsmasq holds the owner lock"
     ino = os.stat(net.netns_path).st_ino
     # A straggler process inside the namespace (like a QEMU left by a crashed test).
     straggler = subprocess.Popen(net.exec_argv(["sleep", "600"]))
@@ -144,6 +153,7 @@ def test_down_leaves_nothing(net):
         straggler.wait()
     assert not net.exists()
     assert net.netns not in _netns_list()
+    assert net.netns not in netmod._OWNED and not lock.exists()
     assert _gone(pid)
     assert straggler.returncode is not None
     assert "ngtap0" not in _host_links()
@@ -182,8 +192,12 @@ def test_down_holds_the_namespace_until_its_checks_are_done(net, monkeypatch):
     monkeypatch.setattr(netmod, "_pids_in_net_inode", spy)
     net.down()
     assert held_at_scan == [True]
-    assert not any(os.stat(f"/proc/self/fd/{fd}").st_ino == ns[1] for fd in os.listdir("/proc/self/fd")
-                   if os.path.exists(f"/proc/self/fd/{fd}"))  # and let go after
+    after = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.stat(f"/proc/self/fd/{fd}")
+            after.append((target.st_dev, target.st_ino))
+    assert ns not in after  # and let go after
 
 
 def test_down_refuses_to_leave_stragglers_silently(net):
@@ -246,11 +260,20 @@ def test_a_namespace_whose_owner_lock_is_held_is_not_reaped_though_its_pid_looks
     holder = None
     try:
         other.up()
-        t0 = time.monotonic()
-        TestbedNetwork(netns=other.netns, subnet="10.98.3.0/24", host_ip="10.98.3.1/24",
-                       dhcp_range=("10.98.3.50", "10.98.3.60"), state_dir=tmp_path / "other").up()
-        assert time.monotonic() - t0 < 1.5
-        assert netmod.owner_lock_held(other.netns)
+        fd = netmod._OWNED[other.netns]
+        opened = []
+        real_open = os.open
+
+        def spy(path, *args, **kwargs):
+            opened.append(str(path))
+            return real_open(path, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(netmod.os, "open", spy)
+            TestbedNetwork(netns=other.netns, subnet="10.98.3.0/24", host_ip="10.98.3.1/24",
+                           dhcp_range=("10.98.3.50", "10.98.3.60"), state_dir=tmp_path / "other").up()
+        assert not [o for o in opened if o.startswith(str(netmod.OWNER_LOCK_DIR))]  # did not even try again
+        assert netmod._OWNED[other.netns] == fd and netmod.owner_lock_held(other.netns)
         other.release()
         assert not netmod.owner_lock_held(other.netns)
         lock = netmod.OWNER_LOCK_DIR / f"{other.netns}.lock"

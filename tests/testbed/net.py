@@ -241,19 +241,25 @@ class TestbedNetwork:
         reaper's rule by pid still applies)."""
         if self.netns in _OWNED:
             return
-        OWNER_LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(OWNER_LOCK_DIR / f"{self.netns}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        path = OWNER_LOCK_DIR / f"{self.netns}.lock"
         deadline = time.monotonic() + wait
         while True:
             try:
+                OWNER_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:
+                return  # no lock directory here: the rule by pid alone
+            try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _OWNED[self.netns] = fd
-                return
-            except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN) or time.monotonic() >= deadline:
-                    os.close(fd)
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:  # not a file a down() unlinked meanwhile
+                    _OWNED[self.netns] = fd
                     return
-                time.sleep(0.05)  # a reaper looking at it holds it for a moment
+                os.close(fd)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.ENOENT) or time.monotonic() >= deadline:
+                    return
+            time.sleep(0.05)  # a reaper looking at it holds it for a moment
 
     def release(self) -> None:
         """Let go of the owner lock, if this process holds it (down() does; so does the process's end)."""
@@ -343,7 +349,7 @@ class TestbedNetwork:
         except OSError:
             held = None
         try:
-            ino = os.fstat(held).st_ino if held is not None else None
+            ino = os.fstat(held).st_ino if held is not None else self._netns_inode()
             stragglers = self.ns_pids()
             if stragglers:
                 if not kill_stragglers:
@@ -498,15 +504,19 @@ def orphaned_namespaces(prefix: str) -> list[str]:
 
 
 def owner_lock_held(netns: str) -> bool:
-    """Whether a live process holds ``netns``'s owner lock (a moment's shared lock tells)."""
+    """Whether a live process holds ``netns``'s owner lock (a moment's shared lock tells). When that
+    cannot be told (the file cannot be opened or locked for another reason than that), say held: the
+    reaper then leaves the namespace to the rule by pid's next look, rather than take a live one."""
     try:
         fd = os.open(OWNER_LOCK_DIR / f"{netns}.lock", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except FileNotFoundError:
         return False
+    except OSError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    except OSError:
+        return True
     finally:
         os.close(fd)  # (drops the shared lock, if it was taken)
     return False
