@@ -70,7 +70,7 @@ locals {
   manifest = {
     build_id      = var.build_id
     build_time    = timestamp()
-    config_sha256 = "a578f539ab2086421e356ce009513f126700540bf6aca1cc70b5999a47f15564"
+    config_sha256 = "5887ed3dc86026aafe0d9547f76fd94328cf49cde4a720950e4a3c0193ea9642"
     dialect       = "plugin"
     firmware      = "uefi"
     git_commit    = var.git_commit

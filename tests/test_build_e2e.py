@@ -77,7 +77,7 @@ LIVE_BOOT_WAIT = "120s"
 def write_config(directory: Path, testbed: Any, *, iso: str, vmid: int = VMID, ssh_timeout: str = "20m",
                  boot_wait: str = "5s", live_boot_wait: str = LIVE_BOOT_WAIT, extra: str = "",
                  firmware: str = "bios", name: str = "nixgold-e2e", iso_section: str | None = None,
-                 dialect: str = "bundled", packer: Path | None = None) -> Path:
+                 dialect: str = "bundled", packer: Path | None = None, build_extra: str = "") -> Path:
     """A config for the bed. ``iso``: an ISO volume's name on the bed's storage, or ``iso_section``:
     the TOML lines of the [iso] section; ``packer``: [build] packer (the plugin dialect's binary)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -110,6 +110,7 @@ live_boot_wait = "{live_boot_wait}"
 key_interval = "10ms"
 ssh_timeout = "{ssh_timeout}"
 output_dir = "{directory / 'build'}"
+{build_extra}
 [verify]
 profile = "generic"
 clones = 1
@@ -222,13 +223,21 @@ def test_signal_while_waiting_for_ssh_leaves_no_vm_and_no_secret(testbed, before
 
 
 def test_keep_on_error_leaves_the_vm_and_says_how_to_inspect_it(testbed, before, dummy_iso, tmp_path):
-    config = write_config(tmp_path, testbed, iso=dummy_iso, boot_wait="2s", live_boot_wait="2s", ssh_timeout="40s")
+    """Also: install.sh never reports (nothing boots), so nixgold says why that may be, once after
+    build.install_report_wait and again in the failure."""
+    config = write_config(tmp_path, testbed, iso=dummy_iso, boot_wait="2s", live_boot_wait="2s", ssh_timeout="40s",
+                          build_extra='install_report_wait = "10s"')
     result = subprocess.run(invoke_argv(testbed, "--keep-on-error"), env=build_env(testbed, config), cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     try:
         assert result.returncode == ExitCode.BUILD, result.stderr
         err = result.stderr
         assert "build failed during 'waiting for install/SSH': Timeout waiting for SSH." in err
+        assert len(re.findall(r"install: WARNING: no report from install\.sh 10s after the boot command "
+                              r"\(build\.install_report_wait\)\. Either it never started", err)) == 1, err
+        assert "raise build.live_boot_wait, now 2s" in err and "port 8799 (build.status_port" in err
+        assert "until build.ssh_timeout (40s)" in err
+        assert "install.sh never reported. Either it never started" in err
         assert f"the VM was kept for debugging (--keep-on-error): VM {VMID} on {testbed.node}" in err
         assert f"qm terminal {VMID}" in err and f"qm destroy {VMID}" in err
         assert "Deleting VM" not in err and "making sure no VM" not in err
@@ -280,7 +289,8 @@ def standin_iso(testbed) -> str:
 
 
 def test_standin_build_then_verify(testbed, before, standin_iso, tmp_path):
-    config = write_config(tmp_path, testbed, iso=standin_iso)
+    # install_report_wait far below the install's minutes: the reports keep the no-report warning away
+    config = write_config(tmp_path, testbed, iso=standin_iso, build_extra='install_report_wait = "30s"')
     overlay = standin_overlay(config, tmp_path / "standin")
     t0 = time.monotonic()
     result = subprocess.run(invoke_argv(testbed, "--verify"), env=build_env(testbed, config, overlay), cwd=tmp_path,
@@ -309,6 +319,7 @@ def test_standin_build_then_verify(testbed, before, standin_iso, tmp_path):
     steps = re.findall(r"\] install: (.+) \((\d+)/(\d+)\) \d+m\d\ds$", err, re.M)
     assert steps and [int(n) for _, n, _ in steps] == list(range(1, len(steps) + 1)), err
     assert re.search(r"\] install: finished \((\d+)/\1\) after ", err), err
+    assert "no report from install.sh" not in err and "never reported" not in err, err
     report = json.loads((build_dir / "build.json").read_text())
     assert report["outcome"] == "built" and report["overlay"] is True
     assert_no_secret(testbed, [out, err], build_dir)

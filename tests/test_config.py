@@ -88,6 +88,8 @@ BAD_INPUTS = [
     pytest.param({"build": {"boot_wait": "10 s"}}, "build.boot_wait", "duration", id="duration-format"),
     pytest.param({"build": {"key_interval": "0ms"}}, "build.key_interval", "positive", id="duration-zero"),
     pytest.param({"build": {"task_timeout": "5m"}}, "build.task_timeout", "at least 10m", id="task-timeout-min"),
+    pytest.param({"build": {"install_report_wait": "soon"}}, "build.install_report_wait", "0s: no warning",
+                 id="install-report-wait"),
     pytest.param({"build": {"http_bind_address": "1.2.3.4", "http_interface": "eth0"}}, "build.http_interface",
                  "not both", id="http-exclusive"),
     pytest.param({"build": {"http_bind_address": "pve.lan"}}, "build.http_bind_address", "IPv4", id="http-ip"),

@@ -122,6 +122,7 @@ class Builder:
         self._install_started: float | None = None
         self._install_last: InstallReport | None = None
         self._install_failed: InstallReport | None = None
+        self._no_report_warned = False
         self._last_beat = 0.0
         self._iso_detail = ""
 
@@ -157,12 +158,28 @@ class Builder:
         span = tracker.spans[-1] if tracker.spans else None
         if span is None:
             return
+        wait = duration_seconds(self.config.build.install_report_wait)
+        if (span.name == STAGE_INSTALL and self._install_status is not None and self._install_started is None
+                and wait > 0 and span.seconds >= wait and not self._no_report_warned):
+            self._no_report_warned = True
+            self.say(f"install: WARNING: no report from install.sh {self.config.build.install_report_wait} after the "
+                     f"boot command (build.install_report_wait). {self._no_report_causes()} Packer keeps waiting for "
+                     f"SSH until build.ssh_timeout ({self.config.build.ssh_timeout}); Ctrl-C stops it.")
         if time.monotonic() - max(self._last_beat, span.started) >= HEARTBEAT:
             self._last_beat = time.monotonic()
             where = ""
             if self._install_last is not None and self._install_last.state == "running":
                 where = f"; install: {self._install_line(self._install_last)}"
             self.say(f"packer: still {span.name} ({span.seconds / 60:.0f} min{where})")
+
+    def _no_report_causes(self) -> str:
+        """Why install.sh may not have reported at all (the boot command typed, the installer silent)."""
+        b = self.config.build
+        return (f"Either it never started: the keys came before the ISO's shell was ready (raise "
+                f"build.live_boot_wait, now {b.live_boot_wait}; the VM's console in Proxmox shows the typed line or "
+                f"its absence), or it cannot fetch from Packer's HTTP server; or it runs but its reports do not reach "
+                f"this machine's port {b.status_port} (build.status_port: open it like build.http_port, or 0 to build "
+                f"without reports).")
 
     def _install_line(self, report: InstallReport) -> str:
         assert self._install_started is not None
@@ -321,6 +338,8 @@ class Builder:
                 message = "packer finished but reported no artifact (template id)"
             kept = (f"\n  the VM was kept for debugging (--keep-on-error): {self._inspect_hint()}"
                     if self.options.keep_on_error else "")
+            if stage == STAGE_INSTALL and self._install_status is not None and self._install_started is None:
+                kept += f"\n  install.sh never reported. {self._no_report_causes()}"
             self._write_report(stages, outcome="failed", stage=stage)
             raise self._after_failure(BuildError(
                 self.redactor(message) + f" (full output: {self.build_dir / 'packer.log'}){kept}", stage=stage,

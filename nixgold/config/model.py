@@ -100,6 +100,7 @@ class BuildSettings:
     http_interface: str | None = None
     http_port: int | None = None  # fixed port for firewalls (http_port_min = max)
     status_port: int = 8799  # install.sh reports its steps here (same address as Packer's HTTP server); 0: off
+    install_report_wait: str = "3m"  # no report this long after the boot command: say why that may be; 0s: never
     ssh_timeout: str = "45m"  # install + reboot must finish within this
     task_timeout: str = "15m"
     packer: str = "packer"  # binary

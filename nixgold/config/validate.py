@@ -226,6 +226,8 @@ def validate(c: Config, issues: Issues) -> None:
         value = getattr(c.build, key)
         if not DURATION_RE.fullmatch(value) or duration_seconds(value) <= 0:
             add(f"build.{key}", value, "a positive duration like 10s, 1m30s or 20ms")
+    if not DURATION_RE.fullmatch(c.build.install_report_wait):
+        add("build.install_report_wait", c.build.install_report_wait, "a duration like 3m or 90s (0s: no warning)")
     if DURATION_RE.fullmatch(c.build.task_timeout) and duration_seconds(c.build.task_timeout) < 600:
         add("build.task_timeout", c.build.task_timeout, "at least 10m (ISO downloads and conversions are slow)")
     if DURATION_RE.fullmatch(c.build.key_interval) and duration_seconds(c.build.key_interval) > 1:
