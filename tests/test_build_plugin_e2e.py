@@ -37,7 +37,8 @@ from nixgold.errors import ExitCode
 from nixgold.packer.output import STAGE_ISO
 from tests.helpers import procs
 from tests.helpers.background import BackgroundRun
-from tests.test_build_e2e import invoke_argv, standin_overlay, upload_iso, vms
+from tests.test_build_e2e import INSTALL_FAILED_OR_SILENT, fail_if_install_was_silent, invoke_argv, standin_overlay, \
+    upload_iso, vms
 from tests.test_build_e2e import before  # noqa: F401 - autouse: every VM a test made is removed after it
 from tests.test_build_e2e import write_config as build_e2e_config
 from tests.test_setup_packer import built_packer, installed_plugin
@@ -250,7 +251,7 @@ def test_failing_install_stops_the_build_at_once_and_leaves_no_vm(testbed, befor
     assert broken != text
     script.write_text(broken)
     run = BackgroundRun(invoke_argv(testbed), plugin_env(testbed, config, overlay, build_token), tmp_path)
-    rc, took = run.end_after(r"install: FAILED in step", timeout=900)
+    rc, took = run.end_after(INSTALL_FAILED_OR_SILENT, timeout=900, then=lambda: fail_if_install_was_silent(run))
     err = run.err
     assert rc == ExitCode.BUILD, err
     assert took < 60, f"the build ended {took:.0f}s after install.sh reported its failure"
