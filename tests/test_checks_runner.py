@@ -265,3 +265,110 @@ def test_a_run_that_outlives_its_time_is_a_check_suite_error(tmp_path):
     with pytest.raises(CheckSuiteError, match=r"the check suite did not finish within 4s") as info:
         run_checks(ctx_for("a"), [tmp_path], scope="clone", timeout=4)
     assert info.value.exit_code == ExitCode.INTERNAL
+
+
+EARLY = '''
+from pathlib import Path
+
+LOG = Path(%r)  # the child sees none of our environment but PATH, HOME, ...
+with LOG.open("a") as fh:
+    fh.write("collected\\n")
+
+
+def probes(ctx):
+    with LOG.open("a") as fh:
+        fh.write("probes for " + ",".join(c.address for c in ctx.clones) + "\\n")
+    return []
+
+
+def test_final_context(clone, ctx):
+    with LOG.open("a") as fh:
+        fh.write(f"ran on {clone.name} at {clone.address}, {ctx.agent(clone.vmid, 'ping')}\\n")
+    assert clone.address == "10.0.0.9"
+'''
+
+
+def _pid_gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_child_started_early_collects_while_its_clones_boot_and_runs_on_their_final_context(tmp_path):
+    """start_checks(planned): the child imports the check modules and collects while it waits; go(ctx)
+    hands it the final context (address, agent answers): the checks, and the probes, see that one."""
+    from nixgold.verify.checks import start_checks
+
+    log = tmp_path / "log"
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "test_early.py").write_text(EARLY % str(log))
+    planned = ctx_for("a", clones=(CloneTarget(100, "a", "pve", "", "root", Path("/nonexistent"), 0),),
+                      agent=lambda vmid, cmd: {"planned": True})
+    final = ctx_for("a", clones=(CloneTarget(100, "a", "pve", "10.0.0.9", "root", Path("/nonexistent"), 0),),
+                    agent=lambda vmid, cmd: {"final": cmd})
+    with start_checks(planned, [tmp_path / "checks"], scope="clone") as child:
+        deadline = time.monotonic() + 60
+        while "collected" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # it would have run by now if it did not wait for go()
+        assert log.read_text() == "collected\n"  # collected, nothing asked or run before go()
+        child.go(final)
+        run = child.wait(timeout=120)
+    assert log.read_text().splitlines()[1:] == ["probes for 10.0.0.9", "ran on a at 10.0.0.9, {'final': 'ping'}"]
+    assert by_key(run.results)[("early.final-context", "a")].outcome == "passed"
+    assert "early.final-context" in run.order
+
+
+def test_a_child_is_handed_only_the_clones_it_was_started_for(tmp_path):
+    from nixgold.verify.checks import start_checks
+
+    (tmp_path / "test_fine.py").write_text("def test_fine(host):\n    assert True\n")
+    with start_checks(ctx_for("a", "b"), [tmp_path], scope="clone") as child:
+        with pytest.raises(ValueError, match=r"started for clones \['a', 'b'\], not \['b', 'a'\]"):
+            child.go(ctx_for("b", "a"))
+
+
+def test_a_child_never_handed_its_clones_ends_on_stop_and_leaves_no_file(tmp_path, monkeypatch):
+    """A clone that never came up: verify stops the waiting child; it is gone, its files too."""
+    from nixgold.verify.checks import start_checks
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    child = start_checks(ctx_for("a"), [], scope="cross")
+    pid = child._child.pid
+    time.sleep(1.0)
+    child.stop()
+    assert _pid_gone(pid, 1.0)  # stop() waited for it
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(RuntimeError, match=r"wait\(\) before go\(\)"):
+        child.wait()
+
+
+ORPHAN = '''
+import os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from nixgold.verify.checks import CheckContext, CloneTarget, start_checks
+ctx = CheckContext(profile="generic", nixos_release="", permit_root_login="prohibit-password", ciuser="root",
+                   injected_public_key="", allowed_keys=(), agent=None, connection="local",
+                   clones=(CloneTarget(100, "a", "pve", "127.0.0.1", "root", Path("/nonexistent"), 0),))
+child = start_checks(ctx, [], scope="clone")
+print(child._child.pid, flush=True)
+os._exit(0)  # as SIGKILL would: no stop(), no go()
+'''
+
+
+def test_a_child_whose_verify_is_gone_leaves_on_its_own(tmp_path):
+    """verify killed before its clones came up: the waiting child (its own session, so no signal
+    reaches it) notices that its parent is gone and exits instead of waiting forever."""
+    out = subprocess.run([sys.executable, "-c", ORPHAN, str(REPO)], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[0])
+    assert _pid_gone(pid, 30.0), f"check child {pid} still runs without its verify"

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from nixgold.config.credentials import Credentials
 from nixgold.errors import ProxmoxError, ProxmoxTaskError
 from nixgold.proxmox.vms import CloneJob, run_clone
+from tests.helpers.check_stubs import start_checks_with
 from nixgold.proxmox.client import (
     OutcomeUnknown,
     ProxmoxClient,
@@ -264,7 +265,7 @@ def test_every_call_verify_makes_is_in_the_pve_schema(testbed, monkeypatch, tmp_
     from nixgold.progress import Progress
     from nixgold.verify.verifier import VerifyOptions, run_verify
 
-    monkeypatch.setattr(suite, "run_checks", api_side_checks())
+    monkeypatch.setattr(suite, "start_checks", start_checks_with(api_side_checks()))
     config = load_config(testbed.config_path, env={}, overrides={
         "verify.clones": 1, "verify.profile": "generic", "verify.agent_timeout": "10m", "verify.ssh_timeout": "5m"})
     recorded: list[tuple[str, str, dict[str, Any]]] = []

@@ -27,6 +27,7 @@ from nixgold.verify.select import TemplateSelectionError, resolve_template
 from nixgold.verify.clones import boot_disk, clone_name, net0_mac
 from nixgold.units import parse_size
 from nixgold.proxmox.vms import split_tags
+from tests.helpers.check_stubs import start_checks_with
 
 TEMPLATE = 9004
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
@@ -172,6 +173,7 @@ class StubChecks:
             return CheckRun([Result("stub.ok", c.name, "passed", 0.1) for c in ctx.clones], ["stub.ok", "stub.cross"])
 
         mod.run_checks = run_checks
+        mod.start_checks = start_checks_with(run_checks)
         return mod
 
 

@@ -69,7 +69,7 @@ from nixgold.verify.report import CloneInfo, StageInfo, VerifyReport, format_kee
 from nixgold.verify.select import Template, resolve_template
 
 if TYPE_CHECKING:  # the suite is imported when a run needs it (it pulls in pytest's plugin side lazily)
-    from nixgold.verify.checks import CheckResult, CheckRun
+    from nixgold.verify.checks import CheckChild, CheckContext, CheckResult, CheckRun
 
 log = logging.getLogger("nixgold.verify")
 
@@ -113,6 +113,10 @@ class Verifier:
         self._addresses: dict[str, str] = {}  # address -> the clone that reported it first
         self.key: sshkeys.EphemeralKey | None = None
         self.template: Template | None = None
+        #: The run of the checks across clones, started (collecting the suite) when all clones but
+        #: one have ended their own pipeline: by then a core is free, and it is ready when the last is in.
+        self._cross: CheckChild | None = None
+        self._ended = 0  # clones whose pipeline ended (checked, failed to boot, or failed)
         self.task_timeout = duration_seconds(config.build.task_timeout)
         self.agent_timeout = duration_seconds(config.verify.agent_timeout)
         self.ssh_timeout = duration_seconds(config.verify.ssh_timeout)
@@ -302,6 +306,17 @@ class Verifier:
             self.clones.append(CloneRun(index=i, job=job))
         label = "full" if full else "linked"
         ids = ", ".join(str(c.vmid) for c in self.clones)
+        try:
+            self._clones_and_checks(report, count, mode, label, ids)
+        finally:
+            if self._cross is not None:  # not handed its clones (one did not come up, an error, a signal)
+                self._cross.stop()
+
+    def _clones_and_checks(self, report: VerifyReport, count: int, mode: str, label: str, ids: str) -> None:
+        assert self.template is not None
+        template, results = self.template, report.results
+        if count == 1:
+            self._start_cross()
         # Each clone goes its own way at once: clone, boot (agent, address, SSH), its checks as soon
         # as it answers SSH; the checks across clones run when all are in.
         with self.progress.stage(f"cloning {template.vmid} -> {ids} ({label}"
@@ -320,21 +335,42 @@ class Verifier:
             facts = {name: answers for run in runs for name, answers in run.facts.items()}
             across = f"the {count} clones" if count > 1 else "clones on the one clone"
             with self.progress.stage(f"running the checks across {across} (machine-id, host keys)"):
-                runs.append(self._run_checks(booted, scope="cross", facts=facts))
+                runs.append(self._run_checks(booted, scope="cross", facts=facts, child=self._start_cross()))
         results.extend(merged_results(runs, [c.name for c in self.clones]))
         suite = [r for r in results if not r.id.startswith(("template.", "boot."))]
         counts = {o: sum(1 for r in suite if r.outcome == o) for o in ("passed", "failed", "error", "skipped")}
         if suite:
             self.say(f"{len(suite)} checks: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
 
+    def _start_cross(self) -> CheckChild:
+        """The run of the checks across clones, started now if it is not yet (it collects the suite
+        and waits for the clones' facts)."""
+        with self._lock:
+            if self._cross is None:
+                self._cross = self._start_checks(self.clones, scope="cross")
+            return self._cross
+
     def _pipeline(self, c: CloneRun) -> None:
-        """One clone, start to end: clone, boot, then its own checks right away."""
-        self._clone(c)
-        self._boot(c)
-        if c.booted:
-            t0 = time.monotonic()
-            c.check_run = self._run_checks([c], scope="clone")
-            c.timings["checks"] = time.monotonic() - t0
+        """One clone, start to end: clone, boot, then its own checks right away. The check child
+        starts with the boot (it imports pytest and collects the suite while the guest boots)."""
+        child: CheckChild | None = None
+        try:
+            self._clone(c)
+            child = self._start_checks([c], scope="clone")
+            self._boot(c)
+            if c.booted:
+                t0 = time.monotonic()
+                c.check_run = self._run_checks([c], scope="clone", child=child)
+                c.timings["checks"] = time.monotonic() - t0
+        finally:
+            if child is not None:
+                child.stop()
+            with self._lock:
+                self._ended += 1
+                last_one_left = self._ended == len(self.clones) - 1
+        if last_one_left and c.booted and not self.cancel.is_set:
+            self._start_cross()
+        if c.check_run is not None:
             gathered = c.check_run.gather_seconds.get(c.name)
             if gathered is not None:
                 c.timings["checks_facts"] = gathered
@@ -485,22 +521,12 @@ class Verifier:
         self.say(f"{c.vmid} SSH up {c.timings['agent_to_ssh']:.1f}s after the agent (key login as {user})")
 
     # -- checks ------------------------------------------------------------------------------------
-    def _run_checks(self, clones: Sequence[CloneRun], *, scope: str,
-                    facts: dict[str, list[dict[str, Any]]] | None = None) -> CheckRun:
-        """The check suite (a child process) for ``clones``; the agent answers it needs are asked
-        here first: by the time the injected key logs in (cloud-init's config stage) the init stage
-        has set the hostname (cloud-init.nix: update_hostname in cloud_init_modules)."""
-        from nixgold.verify.checks import AGENT_COMMANDS, AgentAnswers, CheckContext, CloneTarget, run_checks
+    def _context(self, clones: Sequence[CloneRun], agent: Any) -> CheckContext:
+        from nixgold.verify.checks import CheckContext, CloneTarget
 
         assert self.template is not None and self.key is not None
-        client, node = self.client, self.template.node
-        answers = AgentAnswers()
-        if scope != "cross":
-            for c in clones:
-                for command in AGENT_COMMANDS:
-                    answers.record(c.vmid, command, functools.partial(client.agent, node, c.vmid, command))
         manifest = self.template.manifest
-        ctx = CheckContext(
+        return CheckContext(
             profile=self.config.verify.profile,
             nixos_release=manifest.nixos_release if manifest else self.config.nixos.release,
             permit_root_login=self.config.nixos.permit_root_login,
@@ -510,10 +536,36 @@ class Verifier:
             clones=tuple(CloneTarget(vmid=c.vmid, name=c.name, node=c.node, address=c.address or "",
                                      ssh_user=self.config.verify.ciuser, ssh_key_file=self.key.private_key_file,
                                      disk_bytes=c.disk_bytes) for c in clones),
-            agent=answers,
+            agent=agent,
         )
-        extra = [Path(self.config.verify.checks_dir)] if self.config.verify.checks_dir else []
-        run = run_checks(ctx, extra, scope=scope, cancelled=lambda: self.cancel.is_set, facts=facts)
+
+    def _extra_dirs(self) -> list[Path]:
+        return [Path(self.config.verify.checks_dir)] if self.config.verify.checks_dir else []
+
+    def _start_checks(self, clones: Sequence[CloneRun], *, scope: str) -> CheckChild:
+        """A check child for ``clones`` (as planned: names and vmids), collecting the suite until
+        :meth:`_run_checks` hands it their final context."""
+        from nixgold.verify.checks import AgentAnswers, start_checks
+
+        return start_checks(self._context(clones, AgentAnswers()), self._extra_dirs(), scope=scope)
+
+    def _run_checks(self, clones: Sequence[CloneRun], *, scope: str, child: CheckChild,
+                    facts: dict[str, list[dict[str, Any]]] | None = None) -> CheckRun:
+        """The check suite (``child``, started by :meth:`_start_checks`) for ``clones``; the agent
+        answers it needs are asked here first: by the time the injected key logs in (cloud-init's
+        config stage) the init stage has set the hostname (cloud-init.nix: update_hostname in
+        cloud_init_modules)."""
+        from nixgold.verify.checks import AGENT_COMMANDS, AgentAnswers
+
+        assert self.template is not None
+        client, node = self.client, self.template.node
+        answers = AgentAnswers()
+        if scope != "cross":
+            for c in clones:
+                for command in AGENT_COMMANDS:
+                    answers.record(c.vmid, command, functools.partial(client.agent, node, c.vmid, command))
+        child.go(self._context(clones, answers), facts)
+        run = child.wait(cancelled=lambda: self.cancel.is_set)
         for warning in run.warnings:
             if warning not in self.check_warnings:
                 self.check_warnings.append(warning)

@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import pytest
 
@@ -107,6 +107,8 @@ def target_of(item: pytest.Item) -> str:
     clone = params.get("clone")
     if isinstance(clone, CloneTarget):
         return clone.name
+    if isinstance(clone, str):  # NixgoldMode parametrizes by clone name
+        return clone
     host = params.get("_testinfra_host")
     if host is not None:
         return str(host.backend.get_hostname())
@@ -129,8 +131,13 @@ class NixgoldMode(_Base):
     """Runs the suite for ``invoke verify``; :attr:`results` holds one CheckResult per test."""
 
     def __init__(self, ctx: CheckContext, connect_timeout: int = 30, scope: str = "all",
-                 facts: dict[str, list[dict[str, Any]]] | None = None):
+                 facts: dict[str, list[dict[str, Any]]] | None = None,
+                 ready: Callable[[], tuple[CheckContext, dict[str, list[dict[str, Any]]]]] | None = None):
         self.context = ctx
+        #: A started-early run: blocks until the clones are ready, then gives their final context and
+        #: facts (the same clones by name as ``ctx``); called once, after collection.
+        self.ready = ready
+        self._items: list[pytest.Item] = []
         self.connect_timeout = connect_timeout
         self.scope = scope  # "clone": per-clone checks only, "cross": checks across clones, "all"
         self.results: list[CheckResult] = []
@@ -219,9 +226,7 @@ class NixgoldMode(_Base):
             check_id = check_meta(item)[0]
             if check_id not in self.order:
                 self.order.append(check_id)
-        # every module's probes, also those of checks another run makes: their answers are handed on
-        self.probes = module_probes(items, self.context, self.warnings)
-        self.cross_probes = module_probes([i for i in items if not per_clone(i)], self.context, [])
+        self._items = list(items)  # their probes are asked once the context is final (pytest_runtestloop)
         if self.scope != "all":
             keep = [i for i in items if per_clone(i) == (self.scope == "clone")]
             deselected = [i for i in items if i not in keep]
@@ -230,9 +235,20 @@ class NixgoldMode(_Base):
             items[:] = keep
 
     def pytest_runtestloop(self, session: pytest.Session) -> None:
-        """Before the first check: connect to each clone and gather its facts in one command (the
-        clones at the same time)."""
-        if session.config.option.collectonly or not self.probes:
+        """Before the first check: wait for the clones when started early (:attr:`ready`), then
+        connect to each clone and gather its facts in one command (the clones at the same time)."""
+        if session.config.option.collectonly:
+            return
+        if self.ready is not None:
+            planned = [c.name for c in self.context.clones]
+            self.context, self.facts_in = self.ready()
+            if [c.name for c in self.context.clones] != planned:
+                raise pytest.UsageError(f"the clones changed after collection: {planned} -> "
+                                        f"{[c.name for c in self.context.clones]}")
+        # every module's probes, also those of checks another run makes: their answers are handed on
+        self.probes = module_probes(self._items, self.context, self.warnings)
+        self.cross_probes = module_probes([i for i in self._items if not per_clone(i)], self.context, [])
+        if not self.probes:
             return
         todo = [c for c in self.context.clones if c.name not in self.facts_in]
         if len(todo) > 1:
@@ -258,8 +274,13 @@ class NixgoldMode(_Base):
         log.debug("%s: %d of %d facts in %.1fs", clone.name, answered, len(self.probes), self.gather_seconds[clone.name])
 
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        if "clone" in metafunc.fixturenames:
-            metafunc.parametrize("clone", list(self.context.clones), ids=[c.name for c in self.context.clones])
+        if "clone" in metafunc.fixturenames:  # by name: a run started early learns the rest later
+            names = [c.name for c in self.context.clones]
+            metafunc.parametrize("clone", names, ids=names, indirect=True)
+
+    @pytest.fixture
+    def clone(self, request: pytest.FixtureRequest) -> CloneTarget:
+        return next(c for c in self.context.clones if c.name == request.param)
 
     # -- results ----------------------------------------------------------------------------------
     @pytest.hookimpl(wrapper=True)

@@ -3,12 +3,18 @@
     results = run_checks(ctx, extra_dirs, scope="clone", cancel=token)   # one clone's own checks
     results = run_checks(ctx, extra_dirs, scope="cross")                   # machine-id, host keys
 
+    child = start_checks(planned, extra_dirs, scope="clone")   # while the clone boots: collects
+    child.go(ctx)                                              # its final context: runs the checks
+    results = child.wait(cancelled=token)
+
 Each run is its own process (``python -m nixgold.verify.checks.runner``): pytest's state, its
 plugins (autoload off: no testinfra ``host`` fixture, xdist, randomly... from the environment) and
 its output stay there, so several clones are checked at once and the library never touches
 ``os.environ`` or ``sys.stdout``. The context travels as a 0600 JSON file (the private key only as
 a path); the guest agent's answers for the agent checks are fetched by the caller beforehand
-(:class:`AgentAnswers`), so the child needs no Proxmox credentials.
+(:class:`AgentAnswers`), so the child needs no Proxmox credentials. A child started early
+(:class:`CheckChild`) imports pytest and the check modules and collects the suite while its clones
+boot, so none of that is left when they answer SSH; its final context comes in a second 0600 file.
 
 Scopes: ``clone`` = the checks of each clone in ``ctx.clones`` (parametrized by clone), ``cross`` =
 those comparing clones (the ``clones`` fixture), ``all`` = both. Results come back in suite order;
@@ -18,6 +24,7 @@ those comparing clones (the ``clones`` fixture), ``all`` = both. Results come ba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -111,70 +118,148 @@ def _context_json(ctx: CheckContext, scope: str, facts: dict[str, list[dict[str,
     return data
 
 
+class CheckChild:
+    """A check-suite child started before its clones are ready: while they boot it imports pytest
+    and the check modules and collects the suite, then waits for :meth:`go` (the clones' final
+    context: addresses, agent answers, facts). :func:`run_checks` is start + go + wait.
+
+    ``planned`` names the clones (their order and names are what the suite is parametrized by; the
+    context given to :meth:`go` must name the same clones: addresses, vmids and sizes may change).
+    The child runs in its own session (a Ctrl-C at the terminal reaches only us) and leaves on its
+    own when this process is gone before :meth:`go`. Its files live in a 0700 temporary directory of
+    ours, removed by :meth:`stop` (also when used as a context manager)."""
+
+    def __init__(self, planned: CheckContext, extra_dirs: Sequence[Path] = (), *, scope: str = "all"):
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = scope
+        self.names = [c.name for c in planned.clones]
+        self._tmp = tempfile.TemporaryDirectory(prefix="nixgold-checks-")
+        tmp = Path(self._tmp.name)
+        self._go_file = tmp / "go.json"
+        self._results_file = tmp / "results.json"
+        self._output_file = tmp / "output.txt"
+        self._deadline: float | None = None
+        context = _context_json(planned, scope, {})
+        context["go_file"] = str(self._go_file)
+        context["parent_pid"] = os.getpid()  # the child leaves when it is gone (it may be before the child starts)
+        _write_private(tmp / "context.json", context)
+        (tmp / "tmp").mkdir()
+        env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the child's environment, not ours
+        env["TMPDIR"] = str(tmp / "tmp")
+        argv = [sys.executable, "-m", "nixgold.verify.checks.runner", str(tmp / "context.json"),
+                str(self._results_file), *map(str, extra_dirs)]
+        with open(self._output_file, "w") as output:
+            self._child = subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=output,
+                                           stderr=subprocess.STDOUT, start_new_session=True)
+
+    def __enter__(self) -> CheckChild:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def go(self, ctx: CheckContext, facts: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        """Hand the child the clones' final context; it runs the checks from now on."""
+        names = [c.name for c in ctx.clones]
+        if names != self.names:
+            raise ValueError(f"the check child was started for clones {self.names}, not {names}")
+        staged = self._go_file.with_suffix(".tmp")
+        _write_private(staged, _context_json(ctx, self.scope, facts or {}))
+        os.replace(staged, self._go_file)  # the child sees the whole file or none
+        self._deadline = time.monotonic()
+
+    def wait(self, *, timeout: float = 1800.0, cancelled: Callable[[], bool] = lambda: False) -> CheckRun:
+        """The run's results, ``timeout`` seconds at most from :meth:`go`.
+
+        ``cancelled`` is polled every 0.2 s: when it says so the child is interrupted (SIGINT:
+        pytest stops, the child cleans up; killed 10 s later if it has not) and :class:`Cancelled`
+        raised. A child that dies or outlives ``timeout`` is a :class:`CheckSuiteError`."""
+        if self._deadline is None:
+            raise RuntimeError("wait() before go()")
+        child, deadline = self._child, self._deadline + timeout
+        while child.poll() is None and not cancelled() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        timed_out = child.poll() is None and not cancelled()
+        self._interrupt()
+        if cancelled():
+            self.stop()
+            raise Cancelled("check suite cancelled")
+        try:
+            if timed_out:
+                raise CheckSuiteError(f"the check suite did not finish within {timeout:.0f}s")
+            if child.returncode != 0 or not self._results_file.exists():
+                tail = "\n".join(self._output_file.read_text(errors="replace").strip().splitlines()[-15:])
+                raise CheckSuiteError(f"the check suite could not run (exit {child.returncode}):\n{tail}")
+            data = json.loads(self._results_file.read_text())
+        finally:
+            self.stop()
+        return CheckRun([CheckResult(**r) for r in data["results"]], list(data["order"]), data["facts"],
+                        data["gather_seconds"], data["one_by_one"], data["warnings"])
+
+    def _interrupt(self) -> None:
+        child = self._child
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def stop(self) -> None:
+        """End the child (interrupted if it still runs) and remove its files; idempotent."""
+        self._interrupt()
+        self._tmp.cleanup()
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, default=str)
+
+
+def start_checks(planned: CheckContext, extra_dirs: Sequence[Path] = (), *, scope: str = "all") -> CheckChild:
+    """A :class:`CheckChild` for ``planned``'s clones, collecting the suite while they boot."""
+    return CheckChild(planned, extra_dirs, scope=scope)
+
+
 def run_checks(ctx: CheckContext, extra_dirs: Sequence[Path] = (), *, scope: str = "all",
                timeout: float = 1800.0, cancelled: Callable[[], bool] = lambda: False,
                facts: dict[str, list[dict[str, Any]]] | None = None) -> CheckRun:
     """Run the suite for ``ctx.clones`` in a child process; :class:`CheckRun` with its results.
 
     ``facts``: what earlier runs gathered (:attr:`CheckRun.facts`); the cross-clone checks answer
-    from them without a new SSH connection.
-
-    ``cancelled`` is polled every 0.2 s: when it says so the child is interrupted (SIGINT: pytest
-    stops, the child cleans up; killed 10 s later if it has not) and :class:`Cancelled` raised.
-    The child runs in its own session, so a Ctrl-C at the terminal reaches only us, and its
-    temporary files live in our temporary directory. A child that dies or outlives ``timeout`` is
-    a :class:`CheckSuiteError`.
+    from them without a new SSH connection. ``timeout`` and ``cancelled``: :meth:`CheckChild.wait`.
     """
-    if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-    with tempfile.TemporaryDirectory(prefix="nixgold-checks-") as tmp:
-        context_file = Path(tmp) / "context.json"
-        fd = os.open(context_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_context_json(ctx, scope, facts or {}), fh, default=str)
-        results_file = Path(tmp) / "results.json"
-        output_file = Path(tmp) / "output.txt"
-        (Path(tmp) / "tmp").mkdir()
-        env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
-        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the child's environment, not ours
-        env["TMPDIR"] = str(Path(tmp) / "tmp")
-        argv = [sys.executable, "-m", "nixgold.verify.checks.runner", str(context_file), str(results_file),
-                *map(str, extra_dirs)]
-        with open(output_file, "w") as output, \
-                subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=output,
-                                 stderr=subprocess.STDOUT, start_new_session=True) as child:
-            deadline = time.monotonic() + timeout
-            while child.poll() is None and not cancelled() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            timed_out = child.poll() is None and not cancelled()
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-                try:
-                    child.wait(10)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
-            if cancelled():
-                raise Cancelled("check suite cancelled")
-        if timed_out:
-            raise CheckSuiteError(f"the check suite did not finish within {timeout:.0f}s")
-        if child.returncode != 0 or not results_file.exists():
-            tail = "\n".join(output_file.read_text(errors="replace").strip().splitlines()[-15:])
-            raise CheckSuiteError(f"the check suite could not run (exit {child.returncode}):\n{tail}")
-        data = json.loads(results_file.read_text())
-    return CheckRun([CheckResult(**r) for r in data["results"]], list(data["order"]), data["facts"],
-                    data["gather_seconds"], data["one_by_one"], data["warnings"])
+    with CheckChild(ctx, extra_dirs, scope=scope) as child:
+        child.go(ctx, facts)
+        return child.wait(timeout=timeout, cancelled=cancelled)
 
 
 # --- the child side ------------------------------------------------------------------------------
 def _load_context(path: Path) -> tuple[CheckContext, str, dict[str, list[dict[str, Any]]]]:
     data = json.loads(path.read_text())
+    data.pop("go_file", None)
+    data.pop("parent_pid", None)
     answers = AgentAnswers({int(k): v for k, v in data.pop("agent_answers").items()})
     scope = data.pop("scope")
     facts = data.pop("facts")
     clones = tuple(CloneTarget(**{**c, "ssh_key_file": Path(c["ssh_key_file"])}) for c in data.pop("clones"))
     data["allowed_keys"] = tuple(data["allowed_keys"])
     return CheckContext(**data, clones=clones, agent=answers), scope, facts
+
+
+def _await_go(go_file: Path, parent: int) -> tuple[CheckContext, dict[str, list[dict[str, Any]]]]:
+    """The final context once the parent writes it (:meth:`CheckChild.go`); a KeyboardInterrupt
+    (pytest stops, we clean up) when the parent is gone first."""
+    while not go_file.exists():
+        if os.getppid() != parent:
+            raise KeyboardInterrupt("the verify process that started this check run is gone")
+        time.sleep(0.05)
+    ctx, _, facts = _load_context(go_file)
+    return ctx, facts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -186,7 +271,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     context_file, results_file, extra = Path(args[0]), Path(args[1]), [Path(a) for a in args[2:]]
     ctx, scope, facts = _load_context(context_file)
-    plugin = NixgoldMode(ctx, scope=scope, facts=facts)
+    started_early = json.loads(context_file.read_text())
+    go_file = started_early.get("go_file")
+    ready = functools.partial(_await_go, Path(go_file), int(started_early["parent_pid"])) if go_file else None
+    plugin = NixgoldMode(ctx, scope=scope, facts=facts, ready=ready)
     try:
         code = pytest.main(pytest_args(extra), plugins=[plugin])
         gathered, one_by_one = plugin.facts_out(), plugin.one_by_one()
