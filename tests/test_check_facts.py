@@ -267,3 +267,42 @@ def test_listening_sockets_and_key_file_globs():
     assert not glob_covers("/home/*/.ssh/authorized_keys*", "/home/a/b/.ssh/authorized_keys")  # * is one segment
     assert not glob_covers("/etc/ssh/authorized_keys.d/*", "/etc/ssh/authorized_keys.d/.hidden")
     assert not glob_covers("/root/.ssh/authorized_keys*", "/var/lib/nixgold/.ssh/authorized_keys")
+
+
+class _Answering:
+    """A host whose every command answers ``rc`` and ``stdout`` (and records the command)."""
+
+    def __init__(self, rc: int, stdout: str):
+        self.rc, self.stdout, self.commands = rc, stdout, []
+
+    def run(self, command: str) -> Any:
+        self.commands.append(command)
+        return type("Result", (), {"rc": self.rc, "stdout": self.stdout})()
+
+
+#: `systemctl show -p Id -p LoadState -p ActiveState -p SubState -p UnitFileState sshd.service
+#: ssh.service` on the Debian 12 stand-in (systemd 252): sshd.service is an alias of ssh.service
+#: there, a name that does not exist prints its block too (LoadState=not-found, exit 0).
+SHOW_TWO = ("Id=ssh.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n\n"
+            "Id=ssh.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n")
+SHOW_MISSING_FIRST = ("Id=sshd.socket\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\n\n"
+                      "Id=ssh.socket\nLoadState=loaded\nActiveState=inactive\nSubState=dead\nUnitFileState=disabled\n")
+SHOW_NONE = ("Id=a.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\n\n"
+             "Id=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\n")
+
+
+@pytest.mark.parametrize("rc, stdout, names, expected", [
+    (0, SHOW_TWO, ("sshd.service", "ssh.service"), {"Id": "ssh.service", "UnitFileState": "enabled"}),
+    (0, SHOW_MISSING_FIRST, ("sshd.socket", "ssh.socket"), {"Id": "ssh.socket", "UnitFileState": "disabled"}),
+    (0, SHOW_NONE, ("a.service", "b.service"), {}),
+    (1, SHOW_TWO, ("sshd.service", "ssh.service"), {}),  # systemctl failed: nothing is known
+])
+def test_systemd_unit_asks_once_for_all_names_and_takes_the_first_loaded(rc, stdout, names, expected):
+    from nixgold.verify.checks.helpers import systemd_unit, unit_probes, unit_show
+
+    host = _Answering(rc, stdout)
+    props = systemd_unit(host, *names)
+    assert {k: props[k] for k in expected} == expected and bool(props) == bool(expected)
+    assert host.commands == [command_line(Probe(unit_show(*names)))]  # one command for every name
+    assert unit_probes(*names) == [Probe(unit_show(*names))]  # what the modules declare is that command
+    assert unit_show(*names).endswith(" ".join(names))

@@ -298,7 +298,7 @@ def test_sudo_and_the_injected_key(testbed, guests):
                                     injected_public_key=other.public_key))
     good, nixos_like = guests.good.name, guests.nixos_like.name
     assert table["user.sudo", good].outcome == "failed"
-    assert table["user.sudo", good].reason == "`sudo -n true` as nixgold failed (exit 1: sudo: a password is required)"
+    assert table["user.sudo", good].reason == "`sudo -n id -u` as nixgold failed (exit 1: sudo: a password is required)"
     assert table["user.sudo", nixos_like].outcome == "passed"
     key_check = table["user.injected-key", nixos_like]
     assert (key_check.outcome, key_check.reason) == (

@@ -103,21 +103,29 @@ def sshd_settings(host: Any, user: str) -> dict[str, str]:
     return settings
 
 
-def unit_show(name: str) -> str:
-    return f"systemctl show -p Id -p LoadState -p ActiveState -p SubState -p UnitFileState {shlex.quote(name)}"
+def unit_show(*names: str) -> str:
+    """One ``systemctl show`` of ``names``: systemd prints one block of properties per name, in
+    the order given, a blank line between blocks, and exit status 0 also for a unit that does
+    not exist (LoadState=not-found; systemd src/systemctl/systemctl-show.c: ``show()`` calls
+    ``show_one()`` per name, which prints "\\n" before every block but the first)."""
+    return ("systemctl show -p Id -p LoadState -p ActiveState -p SubState -p UnitFileState "
+            + " ".join(shlex.quote(name) for name in names))
 
 
 def unit_probes(*names: str) -> list[Probe]:
-    """The probes :func:`systemd_unit` runs for ``names``."""
-    return [Probe(unit_show(name)) for name in names]
+    """The probe :func:`systemd_unit` runs for ``names``."""
+    return [Probe(unit_show(*names))]
 
 
 def systemd_unit(host: Any, *names: str) -> dict[str, str]:
-    """``systemctl show`` of the first of ``names`` that is loaded (Id, states); {} if none is."""
-    for name in names:
-        result = run(host, unit_show(name))
-        props = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-        if result.rc == 0 and props.get("LoadState") == "loaded":
+    """The properties (Id, states) of the first of ``names`` that is loaded; {} if none is (or
+    ``systemctl show`` fails). One command for all of them (:func:`unit_show`)."""
+    result = run(host, unit_show(*names))
+    if result.rc != 0:
+        return {}
+    for block in result.stdout.split("\n\n")[:len(names)]:
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("LoadState") == "loaded":
             return props
     return {}
 
