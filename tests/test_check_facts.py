@@ -287,6 +287,11 @@ SHOW_TWO = ("Id=ssh.service\nLoadState=loaded\nActiveState=active\nSubState=runn
             "Id=ssh.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n")
 SHOW_MISSING_FIRST = ("Id=sshd.socket\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\n\n"
                       "Id=ssh.socket\nLoadState=loaded\nActiveState=inactive\nSubState=dead\nUnitFileState=disabled\n")
+SHOW_FIRST_ONLY = ("Id=qemu-guest-agent.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
+                   "UnitFileState=enabled\n\nId=qemu-ga.service\nLoadState=not-found\nActiveState=inactive\n"
+                   "SubState=dead\nUnitFileState=\n")
+SHOW_BOTH_DIFFER = ("Id=a.service\nLoadState=loaded\nActiveState=active\nSubState=running\nUnitFileState=enabled\n\n"
+                    "Id=b.service\nLoadState=loaded\nActiveState=inactive\nSubState=dead\nUnitFileState=disabled\n")
 SHOW_NONE = ("Id=a.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\n\n"
              "Id=b.service\nLoadState=not-found\nActiveState=inactive\nSubState=dead\nUnitFileState=\n")
 
@@ -294,6 +299,9 @@ SHOW_NONE = ("Id=a.service\nLoadState=not-found\nActiveState=inactive\nSubState=
 @pytest.mark.parametrize("rc, stdout, names, expected", [
     (0, SHOW_TWO, ("sshd.service", "ssh.service"), {"Id": "ssh.service", "UnitFileState": "enabled"}),
     (0, SHOW_MISSING_FIRST, ("sshd.socket", "ssh.socket"), {"Id": "ssh.socket", "UnitFileState": "disabled"}),
+    (0, SHOW_FIRST_ONLY, ("qemu-guest-agent.service", "qemu-ga.service"),
+     {"Id": "qemu-guest-agent.service", "ActiveState": "active"}),
+    (0, SHOW_BOTH_DIFFER, ("a.service", "b.service"), {"Id": "a.service", "UnitFileState": "enabled"}),
     (0, SHOW_NONE, ("a.service", "b.service"), {}),
     (1, SHOW_TWO, ("sshd.service", "ssh.service"), {}),  # systemctl failed: nothing is known
 ])

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -249,7 +250,7 @@ def test_a_cancelled_run_stops_its_child_and_leaves_no_file(tmp_path, monkeypatc
     (tmp_path / "checks" / "test_sleeper.py").write_text(SLEEPER)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))  # where run_checks makes its own temporary directory
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where run_checks makes its own temporary directory
     t0 = time.monotonic()
     with pytest.raises(Cancelled):
         run_checks(ctx_for("a"), [tmp_path / "checks"], scope="clone", cancelled=lambda: time.monotonic() - t0 > 3)
@@ -334,18 +335,30 @@ def test_a_child_is_handed_only_the_clones_it_was_started_for(tmp_path):
 
 
 def test_a_child_never_handed_its_clones_ends_on_stop_and_leaves_no_file(tmp_path, monkeypatch):
-    """A clone that never came up: verify stops the waiting child; it is gone, its files too."""
+    """A clone that never came up: verify stops the waiting child (collected, waiting for go());
+    it ends at once (SIGINT, not the kill 10 s later), its files are gone."""
     from nixgold.verify.checks import start_checks
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    child = start_checks(ctx_for("a"), [], scope="cross")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where start_checks makes its temporary directory
+    log = tmp_path / "log"
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "test_early.py").write_text(EARLY % str(log))
+    child = start_checks(ctx_for("a"), [tmp_path / "checks"], scope="clone")
     pid = child._child.pid
-    time.sleep(1.0)
+    assert [p.name for p in scratch.iterdir()] == [Path(child._tmp.name).name]
+    deadline = time.monotonic() + 60
+    while "collected" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert child._child.poll() is None  # waiting for go()
+    t0 = time.monotonic()
     child.stop()
+    assert time.monotonic() - t0 < 5
     assert _pid_gone(pid, 1.0)  # stop() waited for it
     assert list(scratch.iterdir()) == []
+    assert log.read_text() == "collected\n"  # nothing ran
     with pytest.raises(RuntimeError, match=r"wait\(\) before go\(\)"):
         child.wait()
 
@@ -372,3 +385,5 @@ def test_a_child_whose_verify_is_gone_leaves_on_its_own(tmp_path):
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.split()[0])
     assert _pid_gone(pid, 30.0), f"check child {pid} still runs without its verify"
+    (output,) = tmp_path.glob("nixgold-checks-*/output.txt")  # no stop(): its files stay (as after SIGKILL)
+    assert "the verify process that started this check run is gone" in output.read_text()

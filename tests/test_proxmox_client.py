@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from nixgold.config.credentials import Credentials
 from nixgold.errors import ProxmoxError, ProxmoxTaskError
 from nixgold.proxmox.vms import CloneJob, run_clone
-from tests.helpers.check_stubs import start_checks_with
 from nixgold.proxmox.client import (
     OutcomeUnknown,
     ProxmoxClient,
@@ -36,6 +35,7 @@ from nixgold.proxmox.client import (
     task_succeeded,
 )
 from nixgold.proxmox.agent import agent_addresses
+from tests.helpers.check_stubs import start_checks_with
 from tests.testbed.pvesim.errors import ApiError
 from tests.testbed.pvesim.schema import load_schema
 

@@ -152,6 +152,7 @@ class StubChecks:
     template: list[Result] = field(default_factory=lambda: [Result("template.is-template", "template", "passed", 0)])
     contexts: list[Any] = field(default_factory=list)
     calls: list[tuple[float, str, tuple[str, ...]]] = field(default_factory=list)  # (when, scope, clones)
+    children: list[tuple[float, Any]] = field(default_factory=list)  # (when started, the stand-in child)
 
     def module(self) -> types.ModuleType:
         mod = types.ModuleType("nixgold.verify.checks")
@@ -173,7 +174,14 @@ class StubChecks:
             return CheckRun([Result("stub.ok", c.name, "passed", 0.1) for c in ctx.clones], ["stub.ok", "stub.cross"])
 
         mod.run_checks = run_checks
-        mod.start_checks = start_checks_with(run_checks)
+        start = start_checks_with(run_checks)
+
+        def start_checks(planned: Any, extra_dirs: Any = (), *, scope: str = "all") -> Any:
+            child = start(planned, extra_dirs, scope=scope)
+            self.children.append((time.monotonic(), child))
+            return child
+
+        mod.start_checks = start_checks
         return mod
 
 
@@ -198,6 +206,8 @@ def verify_env(testbed, monkeypatch, tmp_path) -> Iterator[Callable[..., Any]]:
                                           out=out, client=client)
             except Exception as exc:  # noqa: BLE001 - the test inspects it
                 outcome = exc
+        # every check child verify started is stopped, whatever ended the run
+        assert [child.stopped for _, child in stub.children] == [True] * len(stub.children), stub.children
         return outcome, err.getvalue() + out.getvalue()
 
     run.stub = stub  # type: ignore[attr-defined]
@@ -289,6 +299,9 @@ def test_a_clone_that_never_comes_up_fails_its_boot_check_and_delays_no_other(te
     (call,) = verify_env.stub.calls  # one run: the first clone's own checks, none across clones
     assert call[1] == "clone" and call[2] == ("nixgold-testbed-good-verify-1",)
     assert call[0] < boot_failed_at[0]  # checked while the other clone still booted
+    # the cross-clone child started when the first clone was done (one left), never ran, was stopped
+    (started, cross), = [(t, ch) for t, ch in verify_env.stub.children if ch.scope == "cross"]
+    assert call[0] <= started < boot_failed_at[0] and cross.ctx is None and cross.stopped
     assert "not running the checks across clones: 1 of 2 clones did not come up" in text
     data = json.loads((tmp_path / "verify.json").read_text())
     rows = [(r["id"], r["target"], r["outcome"]) for r in data["results"]]

@@ -13,8 +13,9 @@ Stages (one progress line each, with elapsed time):
 4. boot them in parallel: guest agent ``ping`` -> address from ``network-get-interfaces`` ->
    SSH key login. A guest that never gets there is a failed check (``boot.agent``,
    ``boot.address``, ``boot.ssh``: the image's fault, exit 5), not an infrastructure error;
-   each clone's own checks run as soon as it answers SSH (``nixgold.verify.checks.run_checks``,
-   a child process per clone, the clones at the same time), in the same stage as 3 and 4;
+   each clone's own checks run as soon as it answers SSH (a child process per clone,
+   ``nixgold.verify.checks.start_checks``, started when the clone is made: it loads and collects
+   the suite while the guest boots; the clones at the same time), in the same stage as 3 and 4;
 5. the checks across clones (machine-id, host keys) once every clone is in, from the facts the
    clones' runs gathered; the results are merged in the suite's order (by check, then by clone);
 6. destroy every clone (also on failure, SIGINT, SIGTERM) unless ``--keep``.
@@ -114,9 +115,11 @@ class Verifier:
         self.key: sshkeys.EphemeralKey | None = None
         self.template: Template | None = None
         #: The run of the checks across clones, started (collecting the suite) when all clones but
-        #: one have ended their own pipeline: by then a core is free, and it is ready when the last is in.
+        #: one have ended their own pipeline, each booted (by then a core is free, and it is ready
+        #: when the last is in), or at the stage's start with one clone; else when it is needed.
         self._cross: CheckChild | None = None
         self._ended = 0  # clones whose pipeline ended (checked, failed to boot, or failed)
+        self._all_booted = True  # every clone whose pipeline ended came up
         self.task_timeout = duration_seconds(config.build.task_timeout)
         self.agent_timeout = duration_seconds(config.verify.agent_timeout)
         self.ssh_timeout = duration_seconds(config.verify.ssh_timeout)
@@ -367,8 +370,9 @@ class Verifier:
                 child.stop()
             with self._lock:
                 self._ended += 1
-                last_one_left = self._ended == len(self.clones) - 1
-        if last_one_left and c.booted and not self.cancel.is_set:
+                self._all_booted = self._all_booted and c.booted
+                last_one_left = self._ended == len(self.clones) - 1 and self._all_booted
+        if last_one_left and not self.cancel.is_set:
             self._start_cross()
         if c.check_run is not None:
             gathered = c.check_run.gather_seconds.get(c.name)

@@ -1,6 +1,6 @@
 """``run_checks``: the check suite in a child Python process, one CheckResult per check and target.
 
-    results = run_checks(ctx, extra_dirs, scope="clone", cancel=token)   # one clone's own checks
+    results = run_checks(ctx, extra_dirs, scope="clone", cancelled=token)  # one clone's own checks
     results = run_checks(ctx, extra_dirs, scope="cross")                   # machine-id, host keys
 
     child = start_checks(planned, extra_dirs, scope="clone")   # while the clone boots: collects
@@ -134,25 +134,29 @@ class CheckChild:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         self.scope = scope
         self.names = [c.name for c in planned.clones]
-        self._tmp = tempfile.TemporaryDirectory(prefix="nixgold-checks-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="nixgold-checks-", ignore_cleanup_errors=True)
         tmp = Path(self._tmp.name)
         self._go_file = tmp / "go.json"
         self._results_file = tmp / "results.json"
         self._output_file = tmp / "output.txt"
         self._deadline: float | None = None
-        context = _context_json(planned, scope, {})
-        context["go_file"] = str(self._go_file)
-        context["parent_pid"] = os.getpid()  # the child leaves when it is gone (it may be before the child starts)
-        _write_private(tmp / "context.json", context)
-        (tmp / "tmp").mkdir()
-        env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
-        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the child's environment, not ours
-        env["TMPDIR"] = str(tmp / "tmp")
-        argv = [sys.executable, "-m", "nixgold.verify.checks.runner", str(tmp / "context.json"),
-                str(self._results_file), *map(str, extra_dirs)]
-        with open(self._output_file, "w") as output:
-            self._child = subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=output,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            context = _context_json(planned, scope, {})
+            context["go_file"] = str(self._go_file)
+            context["parent_pid"] = os.getpid()  # the child leaves when it is gone (also before it started)
+            _write_private(tmp / "context.json", context)
+            (tmp / "tmp").mkdir()
+            env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
+            env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the child's environment, not ours
+            env["TMPDIR"] = str(tmp / "tmp")
+            argv = [sys.executable, "-m", "nixgold.verify.checks.runner", str(tmp / "context.json"),
+                    str(self._results_file), *map(str, extra_dirs)]
+            with open(self._output_file, "w") as output:
+                self._child = subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=output,
+                                               stderr=subprocess.STDOUT, start_new_session=True)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
 
     def __enter__(self) -> CheckChild:
         return self
@@ -166,8 +170,11 @@ class CheckChild:
         if names != self.names:
             raise ValueError(f"the check child was started for clones {self.names}, not {names}")
         staged = self._go_file.with_suffix(".tmp")
-        _write_private(staged, _context_json(ctx, self.scope, facts or {}))
-        os.replace(staged, self._go_file)  # the child sees the whole file or none
+        try:
+            _write_private(staged, _context_json(ctx, self.scope, facts or {}))
+            os.replace(staged, self._go_file)  # the child sees the whole file or none
+        except OSError as exc:  # its temporary directory is gone or full
+            raise CheckSuiteError(f"could not hand the check run its clones: {exc}") from None
         self._deadline = time.monotonic()
 
     def wait(self, *, timeout: float = 1800.0, cancelled: Callable[[], bool] = lambda: False) -> CheckRun:
@@ -209,9 +216,10 @@ class CheckChild:
                 child.wait()
 
     def stop(self) -> None:
-        """End the child (interrupted if it still runs) and remove its files; idempotent."""
+        """End the child (interrupted if it still runs) and remove its files; idempotent, and
+        never raises for files it cannot remove (it is called on every way out)."""
         self._interrupt()
-        self._tmp.cleanup()
+        self._tmp.cleanup()  # ignore_cleanup_errors
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -239,16 +247,16 @@ def run_checks(ctx: CheckContext, extra_dirs: Sequence[Path] = (), *, scope: str
 
 
 # --- the child side ------------------------------------------------------------------------------
-def _load_context(path: Path) -> tuple[CheckContext, str, dict[str, list[dict[str, Any]]]]:
+def _load_context(path: Path) -> tuple[CheckContext, str, dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """(context, scope, facts, how it was started: ``go_file`` and ``parent_pid`` when started early)."""
     data = json.loads(path.read_text())
-    data.pop("go_file", None)
-    data.pop("parent_pid", None)
+    early = {k: data.pop(k) for k in ("go_file", "parent_pid") if k in data}
     answers = AgentAnswers({int(k): v for k, v in data.pop("agent_answers").items()})
     scope = data.pop("scope")
     facts = data.pop("facts")
     clones = tuple(CloneTarget(**{**c, "ssh_key_file": Path(c["ssh_key_file"])}) for c in data.pop("clones"))
     data["allowed_keys"] = tuple(data["allowed_keys"])
-    return CheckContext(**data, clones=clones, agent=answers), scope, facts
+    return CheckContext(**data, clones=clones, agent=answers), scope, facts, early
 
 
 def _await_go(go_file: Path, parent: int) -> tuple[CheckContext, dict[str, list[dict[str, Any]]]]:
@@ -258,7 +266,7 @@ def _await_go(go_file: Path, parent: int) -> tuple[CheckContext, dict[str, list[
         if os.getppid() != parent:
             raise KeyboardInterrupt("the verify process that started this check run is gone")
         time.sleep(0.05)
-    ctx, _, facts = _load_context(go_file)
+    ctx, _, facts, _ = _load_context(go_file)
     return ctx, facts
 
 
@@ -270,10 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped from outside: clean up like Ctrl-C
     args = list(sys.argv[1:] if argv is None else argv)
     context_file, results_file, extra = Path(args[0]), Path(args[1]), [Path(a) for a in args[2:]]
-    ctx, scope, facts = _load_context(context_file)
-    started_early = json.loads(context_file.read_text())
-    go_file = started_early.get("go_file")
-    ready = functools.partial(_await_go, Path(go_file), int(started_early["parent_pid"])) if go_file else None
+    ctx, scope, facts, early = _load_context(context_file)
+    ready = functools.partial(_await_go, Path(early["go_file"]), int(early["parent_pid"])) if early else None
     plugin = NixgoldMode(ctx, scope=scope, facts=facts, ready=ready)
     try:
         code = pytest.main(pytest_args(extra), plugins=[plugin])
