@@ -13,16 +13,16 @@ measures, one after the other so they do not compete for the CPU:
 
 and prints the check-suite time per clone (each clone is checked as soon as it answers SSH, the
 clones at the same time), verify's own time within its run (from the moment the last clone's
-cloud-init finished, by that guest's boot-finished file, to the end of verify, destroying the
-clones included; one run, so the machine's speed drifting between separate boots does not enter
-it; verify runs with --keep for this and the benchmark destroys the clones, timed), the
-overhead (verify wall time - one-clone boot floor), whether the goal (<= 15 s) and the stretch goal (<= 8 s) are met, and where the overhead goes: booting two TCG
-guests at once on a 2-core machine (each slower than one alone), the guests' own cloud-init final
-stage after SSH is up (the floors also time it: until boot-finished), and verify's own time over
-the two-clone floor to cloud-init done. The two-clone floor to cloud-init done, over the one-clone
-floor, is the overhead no verify can beat on the machine (the checks need cloud-init done), within
-the noise of one sample of each (polling steps of 0.5-1 s); the benchmark prints it and whether the
-goal lies below it.
+cloud-init finished, by that guest's boot-finished file, to the end of verify, destroying the clones
+included; one run, so the machine's speed drifting between separate boots does not enter it; verify
+runs with --keep for this and the benchmark destroys the clones, timed), the overhead (verify wall
+time - one-clone boot floor), whether the goal (<= 15 s) and the stretch goal (<= 8 s) are met, and
+where the overhead goes: booting two TCG guests at once on a 2-core machine (each slower than one
+alone), the guests' own cloud-init final stage after SSH is up (the floors also time it: until
+boot-finished), and verify's own time over the two-clone floor to cloud-init done. The two-clone
+floor to cloud-init done, over the one-clone floor, is the overhead no verify can beat on the
+machine (the checks need cloud-init done), within the noise of one sample of each (polling steps of
+0.5-1 s); the benchmark prints it and whether the goal lies below it.
 """
 
 from __future__ import annotations
