@@ -180,14 +180,17 @@ class CheckChild:
     def wait(self, *, timeout: float = 1800.0, cancelled: Callable[[], bool] = lambda: False) -> CheckRun:
         """The run's results, ``timeout`` seconds at most from :meth:`go`.
 
-        ``cancelled`` is polled every 0.2 s: when it says so the child is interrupted (SIGINT:
-        pytest stops, the child cleans up; killed 10 s later if it has not) and :class:`Cancelled`
-        raised. A child that dies or outlives ``timeout`` is a :class:`CheckSuiteError`."""
+        ``cancelled`` is polled every 0.2 s (the child's exit is seen at once): when it says so the
+        child is interrupted (SIGINT: pytest stops, the child cleans up; killed 10 s later if it has
+        not) and :class:`Cancelled` raised. A child that dies or outlives ``timeout`` is a :class:`CheckSuiteError`."""
         if self._deadline is None:
             raise RuntimeError("wait() before go()")
         child, deadline = self._child, self._deadline + timeout
         while child.poll() is None and not cancelled() and time.monotonic() < deadline:
-            time.sleep(0.2)
+            try:
+                child.wait(min(0.2, max(0.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                pass
         timed_out = child.poll() is None and not cancelled()
         self._interrupt()
         if cancelled():
