@@ -25,6 +25,7 @@ from nixgold.verify.checks import (
     run_checks,
 )
 from nixgold.verify.checks.plugin import describe, public_key_of
+from tests.helpers.procs import pid_gone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,17 +290,6 @@ def test_final_context(clone, ctx):
 '''
 
 
-def _pid_gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_child_started_early_collects_while_its_clones_boot_and_runs_on_their_final_context(tmp_path):
     """start_checks(planned): the child imports the check modules and collects while it waits; go(ctx)
     hands it the final context (address, agent answers): the checks, and the probes, see that one."""
@@ -356,7 +346,7 @@ def test_a_child_never_handed_its_clones_ends_on_stop_and_leaves_no_file(tmp_pat
     t0 = time.monotonic()
     child.stop()
     assert time.monotonic() - t0 < 5
-    assert _pid_gone(pid, 1.0)  # stop() waited for it
+    assert pid_gone(pid, 1.0)  # stop() waited for it
     assert list(scratch.iterdir()) == []
     assert log.read_text() == "collected\n"  # nothing ran
     with pytest.raises(RuntimeError, match=r"wait\(\) before go\(\)"):
@@ -384,6 +374,6 @@ def test_a_child_whose_verify_is_gone_leaves_on_its_own(tmp_path):
                          env={**os.environ, "TMPDIR": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.split()[0])
-    assert _pid_gone(pid, 30.0), f"check child {pid} still runs without its verify"
+    assert pid_gone(pid, 30.0), f"check child {pid} still runs without its verify"
     (output,) = tmp_path.glob("nixgold-checks-*/output.txt")  # no stop(): its files stay (as after SIGKILL)
     assert "the verify process that started this check run is gone" in output.read_text()

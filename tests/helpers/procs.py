@@ -3,7 +3,33 @@ secret reaches a process's argv look at every one of them (Packer and its plugin
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs: a zombie still answers kill(0), so it counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def pid_gone(pid: int, within: float) -> bool:
+    """Whether ``pid`` is gone within ``within`` seconds (polled every 0.1 s)."""
+    deadline = time.monotonic() + within
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def descendants(pid: int) -> list[int]:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from tests.helpers.procs import pid_alive
+
 from .net import TestbedNetwork, TestbedNetworkError
 from .pvesim.client import SimAdmin, SimAdminError
 
@@ -45,19 +47,6 @@ TOKEN_NAME = "testbed"
 
 class TestbedError(RuntimeError):
     __test__ = False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def default_manifest(vmid: int, name: str, variant: str, recipe_hash: str | None) -> dict[str, Any]:
@@ -221,7 +210,7 @@ class Testbed:
             pid = int((self.root / "pvesim.pid").read_text())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def _sim_config(self) -> dict[str, Any]:
         s = self.secrets
@@ -286,12 +275,12 @@ class Testbed:
             return
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             log.warning("simulator pid %s ignored SIGTERM; killing it", pid)
             os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
+            while pid_alive(pid):
                 time.sleep(0.05)
         (self.root / "pvesim.pid").unlink(missing_ok=True)
 
@@ -332,7 +321,7 @@ class Testbed:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if "qemu-system" in cmd and marker in cmd and _pid_alive(int(entry.name)):
+            if "qemu-system" in cmd and marker in cmd and pid_alive(int(entry.name)):
                 out.append((int(entry.name), cmd))
         return out
 

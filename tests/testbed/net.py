@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from tests.helpers.procs import pid_alive
+
 __all__ = [
     "TestbedNetwork",
     "TestbedNetworkError",
@@ -89,21 +91,6 @@ def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 30) -> sub
             f"command failed (exit {proc.returncode}): {' '.join(argv)}\n{proc.stderr.strip()}"
         )
     return proc
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid: int) -> str:
@@ -211,7 +198,7 @@ class TestbedNetwork:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if _pid_alive(pid) and "dnsmasq" in _cmdline(pid) and str(self.state_dir) in _cmdline(pid):
+        if pid_alive(pid) and "dnsmasq" in _cmdline(pid) and str(self.state_dir) in _cmdline(pid):
             return pid
         return None
 
@@ -364,7 +351,7 @@ class TestbedNetwork:
             problems = []
             if self.exists():
                 problems.append(f"namespace {self.netns} still exists")
-            if dnsmasq_pid is not None and _pid_alive(dnsmasq_pid):
+            if dnsmasq_pid is not None and pid_alive(dnsmasq_pid):
                 problems.append(f"dnsmasq pid {dnsmasq_pid} still running")
             if ino is not None:
                 left = [p for p in _pids_in_net_inode(ino) if p != os.getpid()]
@@ -498,7 +485,7 @@ def orphaned_namespaces(prefix: str) -> list[str]:
     found = []
     for path in sorted(NETNS_RUN_DIR.iterdir()):
         m = re.fullmatch(re.escape(prefix) + r"(\d+)(?:-[\w-]+)?", path.name)
-        if m and not _pid_alive(int(m.group(1))) and not owner_lock_held(path.name):
+        if m and not pid_alive(int(m.group(1))) and not owner_lock_held(path.name):
             found.append(path.name)
     return found
 
@@ -605,14 +592,14 @@ def _terminate(pids: Sequence[int], timeout: float = 5.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.05)
 
 
