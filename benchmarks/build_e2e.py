@@ -57,7 +57,7 @@ def main() -> int:
                              "(UEFI, the default config)")
     parser.add_argument("--keep-bed", action="store_true", help="leave the test bed up afterwards")
     parser.add_argument("--verify", action="store_true", help="also run --verify (generic profile, 1 clone)")
-    parser.add_argument("--live-boot-wait", default="120s")
+    parser.add_argument("--live-boot-wait", default=None, help="default: the e2e tests' LIVE_BOOT_WAIT")
     parser.add_argument("--key-interval", default="10ms")
     args = parser.parse_args()
 
@@ -96,7 +96,8 @@ def main() -> int:
             config = write_config(work, bed, iso="nixgold-standin-installer.iso", extra="")
         text = config.read_text()
         text = re.sub(r'^key_interval = ".*"$', f'key_interval = "{args.key_interval}"', text, flags=re.M)
-        text = re.sub(r'^live_boot_wait = ".*"$', f'live_boot_wait = "{args.live_boot_wait}"', text, flags=re.M)
+        if args.live_boot_wait:  # else the tests' LIVE_BOOT_WAIT, which write_config put there
+            text = re.sub(r'^live_boot_wait = ".*"$', f'live_boot_wait = "{args.live_boot_wait}"', text, flags=re.M)
         config.write_text(text)
         overlay = standin_overlay(config, work / "standin")
         if args.dialect == "plugin":

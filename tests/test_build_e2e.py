@@ -68,10 +68,12 @@ def build_env(testbed: Any, config: Path, overlay: Path | None = None) -> dict[s
     return env
 
 
-# The stand-in live system reaches its root shell ~45 s after Enter under TCG on an idle 2-core
-# box and ~66 s with both cores busy (kernel + live-boot from squashfs); agetty flushes what is
-# typed earlier. Two workers put up to four guests on the two cores: hence the margin.
-LIVE_BOOT_WAIT = "120s"
+# The stand-in live system reaches its root shell ~35 s after Enter under TCG on an idle 2-core
+# box and ~55 s with a second live boot and a busy loop beside it (kernel + live-boot from
+# squashfs; 45 s and 66 s before its kernel stopped zeroing every page it allocates:
+# installer_iso.LIVE_CMDLINE); agetty flushes what is typed earlier. Two workers put up to four
+# guests on the two cores (~75 s): hence the margin.
+LIVE_BOOT_WAIT = "100s"
 
 
 #: What a failing-install test waits for: the failure, or nixgold's word that install.sh never reported
