@@ -49,8 +49,7 @@ EXPECTED_DEFECT = {
     "good": set(),
     "agent-off": {"qemu-guest-agent"},
     "sshd-password": {"ssh-password-auth"},
-    "machine-id-baked": {"machine-id"},
-    "hostkeys-baked": {"host-keys"},
+    "clones-alike": {"machine-id", "host-keys"},
     "cloud-init-fails": {"cloud-init"},
 }
 
