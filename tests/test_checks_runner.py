@@ -346,7 +346,9 @@ def test_a_child_never_handed_its_clones_ends_on_stop_and_leaves_no_file(tmp_pat
     t0 = time.monotonic()
     child.stop()
     assert time.monotonic() - t0 < 5
-    assert pid_gone(pid, 1.0)  # stop() waited for it
+    assert child._child.returncode is not None  # stop() waited for it: reaped, not a zombie
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
     assert list(scratch.iterdir()) == []
     assert log.read_text() == "collected\n"  # nothing ran
     with pytest.raises(RuntimeError, match=r"wait\(\) before go\(\)"):

@@ -44,7 +44,8 @@ BOOT_CONCURRENCY = int(os.environ.get("NIXGOLD_TESTBED_BOOT_CONCURRENCY", "3"))
 # label -> variant booted here (the broken variants boot in tests/test_checks_cli.py)
 GUESTS = {"good-a": "good"}
 
-# The one health check each variant fails (good: none); test_checks_cli.py names nixgold's check.
+# The health checks each variant fails (good: none; clones-alike: the two only two clones show);
+# test_checks_cli.py names nixgold's checks.
 EXPECTED_DEFECT = {
     "good": set(),
     "agent-off": {"qemu-guest-agent"},

@@ -1,5 +1,6 @@
-"""The processes below a pid and their command lines, read from /proc: the tests that prove no
-secret reaches a process's argv look at every one of them (Packer and its plugin processes)."""
+"""Processes, read from /proc: whether a pid runs, and the processes below a pid and their command
+lines (the tests that prove no secret reaches a process's argv look at every one of them: Packer and
+its plugin processes)."""
 
 from __future__ import annotations
 
