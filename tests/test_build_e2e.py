@@ -72,7 +72,8 @@ def build_env(testbed: Any, config: Path, overlay: Path | None = None) -> dict[s
 # box and ~55 s with a second live boot and a busy loop beside it (kernel + live-boot from
 # squashfs; 45 s and 66 s before its kernel stopped zeroing every page it allocates:
 # installer_iso.LIVE_CMDLINE); agetty flushes what is typed earlier. Two workers put up to four
-# guests on the two cores (~75 s): hence the margin.
+# guests on the two cores (~75 s, reckoned from the ~37 s of CPU the live boot takes, not
+# measured): hence the margin.
 LIVE_BOOT_WAIT = "100s"
 
 

@@ -140,7 +140,8 @@ MENU_TIMEOUT_DS = 100  # isolinux TIMEOUT is in 1/10 s: 10 s, like the NixOS ISO
 EFI_IMAGE = "boot/efiboot.img"  # on the ISO
 # 16 KiB blocks: every page fault in the live system reads and unpacks one block, and under TCG
 # 256 KiB blocks (or none unpacked at all, or the whole medium in RAM) kept the live shell ~20 s
-# later: 62-72 s after Enter on an idle machine, 45 s with 16 KiB (4 KiB: 44.5 s; ISO +11 %).
+# later: 62-72 s after Enter on an idle machine, 45 s with 16 KiB (4 KiB: 44.5 s; ISO +11 %), all
+# measured before LIVE_CMDLINE's init_on_alloc=0.
 SQUASHFS_OPTS = ("-comp", "zstd", "-Xcompression-level", "15", "-b", "16K")
 ISOLINUX_FILES = {
     "isolinux.bin": ("/usr/lib/ISOLINUX/isolinux.bin",),
