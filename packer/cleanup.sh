@@ -111,6 +111,15 @@ main() {
   step "reset cloud-init (clones must run it as a new instance)"
   # cloud-init is on PATH because configuration.nix adds it to environment.systemPackages
   # (nixpkgs' cloud-init.nix puts it only on its units' path).
+  # Packer connects as soon as sshd answers, and on the build VM's first boot that can be
+  # before cloud-init's last stage has ended: it still writes instances/<id>/sem/, and
+  # `cloud-init clean` then fails ("Could not remove /var/lib/cloud/instances: [Errno 39]
+  # Directory not empty: 'sem'", a test-bed build). So wait for it first: `status --wait` polls
+  # while cloud-init has not started or still runs, then exits 0, 1 (errors) or 2 (recoverable
+  # errors) (canonical/cloud-init cloudinit/cmd/status.py handle_status_args). How it ended does
+  # not matter here, only that it did; `timeout` (coreutils) bounds one that never starts.
+  log "+ timeout 600 cloud-init status --wait"
+  timeout 600 cloud-init status --wait >/dev/null 2>&1 || log "cloud-init status --wait: exit $? (1, 2: it ended with errors; 124: still not done after 600 s)"
   run cloud-init clean --logs --seed
   # Network units cloud-init rendered during the build (fallback DHCP, no datasource
   # then); clones render their own from the NoCloud drive.

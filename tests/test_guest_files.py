@@ -567,7 +567,9 @@ cp "$src" "$dest"
     "wipefs": "", "udevadm": "", "mkfs.fat": "", "mkfs.ext4": "", "mount": "", "umount": "", "sync": "",
     "reboot": "",
     # cleanup.sh
-    "nixos-rebuild": "", "nix-collect-garbage": "", "cloud-init": "", "fstrim": "",
+    "nixos-rebuild": "", "nix-collect-garbage": "", "fstrim": "",
+    # `cloud-init status --wait` exits with $STUB_DIR/cloud-init-status-exit when a test writes one
+    "cloud-init": r'if [[ ${1-} == status && -f $STUB_DIR/cloud-init-status-exit ]]; then exit "$(cat "$STUB_DIR/cloud-init-status-exit")"; fi',
     # like efivarfs (see _efivarfs_rm): `chattr -i` makes the variable removable
     "chattr": r'if [[ ${1-} == -i && -n ${2-} ]]; then : >"$2.mutable"; fi',
     # like systemd: stopping systemd-random-seed.service saves a seed (its ExecStop), so the file
@@ -576,7 +578,7 @@ cp "$src" "$dest"
 }
 # Real tools the scripts may use; anything else is "command not found".
 ALLOWED_REAL = ("bash", "date", "mkdir", "install", "cp", "rm", "cat", "sha256sum", "cut", "wc", "mktemp", "sleep",
-                "ls", "tr", "chmod", "tee", "tail")
+                "ls", "tr", "chmod", "tee", "tail", "timeout")
 
 
 def make_stub_bin(root: Path) -> Path:
@@ -892,8 +894,10 @@ def test_cleanup_sh_happy_path(root_login: str, tmp_path: Path) -> None:
                      via_stdin=False)
     assert run.proc.returncode == 0, run.proc.stderr
     expected = (["nixos-rebuild"] if with_override else []) + [
-        "nix-collect-garbage", "switch-to-configuration", "cloud-init", "systemctl", "fstrim", "sync"]
+        "nix-collect-garbage", "switch-to-configuration", "cloud-init", "cloud-init", "systemctl", "fstrim", "sync"]
     assert run.names == expected
+    # cloud-init has ended before its state goes (Packer may connect while its last stage still runs)
+    assert [c[1:] for c in run.calls if c[0] == "cloud-init"] == [["status", "--wait"], ["clean", "--logs", "--seed"]]
     calls = {c[0]: c[1:] for c in run.calls}
     if with_override:
         assert calls["nixos-rebuild"] == ["boot"]
@@ -984,6 +988,18 @@ def test_cleanup_sh_leaves_no_boot_loader_seed_or_token_in_a_uefi_template(firmw
     again = run_script(cleanup, tmp_path / "no-token", [], prepare=prepare_without_token, via_stdin=False)
     assert again.proc.returncode == 0, again.proc.stderr
     assert "chattr" not in again.names and not (again.root / "boot/loader/random-seed").exists()
+
+
+@pytest.mark.parametrize("status_exit", [1, 2])
+def test_cleanup_sh_goes_on_when_cloud_init_ended_with_errors(status_exit: int, tmp_path: Path) -> None:
+    """The build VM's cloud-init had no datasource: how it ended does not matter, only that it did."""
+    cleanup = render_cleanup_sh(make_inputs(make_config({})))
+    (tmp_path / "stubs").mkdir()
+    (tmp_path / "stubs" / "cloud-init-status-exit").write_text(f"{status_exit}\n")
+    run = run_script(cleanup, tmp_path, [], prepare=lambda r: _guest_root(r, False), via_stdin=False)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert f"cloud-init status --wait: exit {status_exit} (1, 2: it ended with errors" in run.proc.stderr
+    assert [c[1:] for c in run.calls if c[0] == "cloud-init"] == [["status", "--wait"], ["clean", "--logs", "--seed"]]
 
 
 def test_cleanup_sh_fails_loudly(tmp_path: Path) -> None:
