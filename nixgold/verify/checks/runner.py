@@ -278,6 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from nixgold.verify.checks.plugin import NixgoldMode
 
+    # CheckChild.stop() and wait()'s cancel end this run with SIGINT, whatever the process that
+    # started it did with the signal: ignored or blocked there, it would be ignored or blocked here
+    # too (both survive exec), and the child was killed 10 s later instead (seen in CI).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped from outside: clean up like Ctrl-C
     args = list(sys.argv[1:] if argv is None else argv)
     context_file, results_file, extra = Path(args[0]), Path(args[1]), [Path(a) for a in args[2:]]
