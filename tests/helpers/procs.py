@@ -4,23 +4,10 @@ its plugin processes)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie still answers kill(0), so it counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from nixgold.refresh.lock import pid_alive  # the one "is this pid alive" (a zombie counts as gone)
 
 
 def pid_gone(pid: int, within: float) -> bool:
