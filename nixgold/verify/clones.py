@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from nixgold.errors import ProxmoxError
 from nixgold.proxmox.vms import CloneJob, dns_label
 from nixgold.units import parse_size
+from nixgold.verify.ssh import SSH_PORT, connect
 
 if TYPE_CHECKING:
     from nixgold.verify.checks import CheckRun
@@ -28,7 +29,6 @@ LOCK_WAIT = 120.0  # seconds to wait for a VM lock (template busy, clone lock af
 
 AGENT_POLL = 1.0  # seconds between agent pings (PVE's own guest-ping waits up to 3 s)
 
-SSH_PORT = 22
 
 @dataclass
 class CloneRun:
@@ -118,16 +118,10 @@ def ssh_login(address: str, user: str, key_file: Path, timeout: float = 10.0) ->
             pass
     except OSError as exc:
         return False, f"port {SSH_PORT}: {exc.strerror or exc}"
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())  # fresh clone: unknown host key
     try:
-        pkey = paramiko.Ed25519Key.from_private_key_file(str(key_file))
-        client.connect(address, port=SSH_PORT, username=user, pkey=pkey, timeout=timeout, banner_timeout=timeout,
-                       auth_timeout=timeout, look_for_keys=False, allow_agent=False)
+        connect(address, user, key_file, timeout).close()
         return True, "ok"
     except paramiko.AuthenticationException as exc:
         return False, f"key rejected for {user} ({exc})"
     except (paramiko.SSHException, OSError, EOFError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
-    finally:
-        client.close()

@@ -28,6 +28,7 @@ import pytest
 from nixgold.text import one_line as text_one_line
 from nixgold.verify.checks.facts import STORE, Probe, unique, valid_probe
 from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
+from nixgold.verify.ssh import connect as ssh_connect
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ MARKER_HELP = ("check(id, summary): a nixgold verification check with a stable i
                "(like sshd.password-auth-off) and a one-line summary")
 CLONES_TARGET = "clones"
 REASON_LIMIT = 300
+CONNECT_ATTEMPTS = 2  # a clone's SSH connection (nixgold.verify.ssh.connect): one more try before the login
 
 
 class CloneHost(NamedTuple):
@@ -203,8 +205,13 @@ class NixgoldMode(_Base):
         if clone.name in self.facts_in:
             return host  # answered from an earlier run's facts; connects on its first other command
         try:
-            if hasattr(type(host.backend), "client"):
-                host.backend.client  # noqa: B018 - testinfra's paramiko backend connects on first use
+            if hasattr(type(host.backend), "client") and "client" not in host.backend.__dict__:
+                # testinfra's paramiko backend would connect on first use (its cached ``client``), waiting
+                # paramiko's 15 s for the banner whatever its timeout: a clone that answered the login
+                # before (boot.ssh) but is slow now (a busy node, cloud-init's last stage) failed every
+                # check. Our connection: every wait connect_timeout, one more try before the login.
+                host.backend.__dict__["client"] = ssh_connect(clone.address, clone.ssh_user, clone.ssh_key_file,
+                                                              self.connect_timeout, attempts=CONNECT_ATTEMPTS)
         except Exception as exc:
             self._unreachable[clone.name] = f"no SSH connection to {clone.ssh_user}@{clone.address}: {describe(exc)}"
             raise ConnectionError(self._unreachable[clone.name]) from None

@@ -1,0 +1,166 @@
+"""nixgold.verify.ssh.connect and the check plugin's clone connection, against real sockets on this
+machine: a server that accepts and never sends its banner (a guest too busy to answer), one that cuts
+the first connection and then is a real SSH server (paramiko's server side), and one that rejects the
+key. paramiko alone waits 15 s for a banner whatever the connect timeout (``Transport.banner_timeout``);
+in the n=3 run of 2026-12-02 two clones that had answered the boot.ssh login failed every check with
+"Error reading SSH protocol banner" that way."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import paramiko
+import pytest
+
+from nixgold.verify import keys as sshkeys
+from nixgold.verify import ssh
+from nixgold.verify.checks import CheckContext, CloneTarget
+from nixgold.verify.checks.plugin import CONNECT_ATTEMPTS, NixgoldMode
+
+USER = "nixgold"
+
+
+class _Accepts(paramiko.ServerInterface):
+    def __init__(self, key: paramiko.PKey | None):
+        self.key = key
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        ok = self.key is not None and username == USER and key.get_base64() == self.key.get_base64()
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
+
+
+class Server:
+    """On 127.0.0.1:<port>: ``mode`` "silent" (accept, say nothing), "flaky" (close the first
+    connection at once, then serve SSH), "ssh" (serve SSH; ``key``: the one public key it accepts)."""
+
+    def __init__(self, mode: str, host_key: paramiko.PKey, key: paramiko.PKey | None = None):
+        self.mode, self.host_key, self.key = mode, host_key, key
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.open: list[Any] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.mode == "silent" or (self.mode == "flaky" and self.accepted == 1):
+                if self.mode == "flaky":
+                    conn.close()
+                else:
+                    self.open.append(conn)
+                continue
+            transport = paramiko.Transport(conn)
+            transport.add_server_key(self.host_key)
+            transport.start_server(server=_Accepts(self.key))
+            self.open.append(transport)
+
+    def close(self) -> None:
+        self.sock.close()
+        for thing in self.open:
+            thing.close()
+
+
+@pytest.fixture
+def keyfiles(tmp_path: Path) -> tuple[Path, paramiko.PKey, paramiko.PKey]:
+    """(the client's private key file, its key, a host key)."""
+    (tmp_path / "c").mkdir()
+    (tmp_path / "h").mkdir()
+    client = sshkeys.generate("client", tmp_path / "c")
+    host = sshkeys.generate("host", tmp_path / "h")
+    return (client.private_key_file, paramiko.Ed25519Key.from_private_key_file(str(client.private_key_file)),
+            paramiko.Ed25519Key.from_private_key_file(str(host.private_key_file)))
+
+
+@pytest.fixture
+def serve(monkeypatch) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def start(mode: str, host_key: paramiko.PKey, key: paramiko.PKey | None = None) -> Server:
+        server = Server(mode, host_key, key)
+        servers.append(server)
+        monkeypatch.setattr(ssh, "SSH_PORT", server.port)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_no_banner_fails_after_the_callers_timeout_not_paramikos_15_s(keyfiles, serve):
+    key_file, _, host_key = keyfiles
+    server = serve("silent", host_key)
+    t0 = time.monotonic()
+    with pytest.raises(paramiko.SSHException, match="Error reading SSH protocol banner"):
+        ssh.connect("127.0.0.1", USER, key_file, timeout=1)
+    assert time.monotonic() - t0 < 5 and server.accepted == 1
+    t0 = time.monotonic()
+    with pytest.raises(paramiko.SSHException, match="Error reading SSH protocol banner"):
+        ssh.connect("127.0.0.1", USER, key_file, timeout=1, attempts=2)
+    assert time.monotonic() - t0 < 8 and server.accepted == 3  # one more try
+
+
+def test_a_cut_connection_is_tried_again_and_logs_in(keyfiles, serve):
+    key_file, key, host_key = keyfiles
+    server = serve("flaky", host_key, key)
+    client = ssh.connect("127.0.0.1", USER, key_file, timeout=5, attempts=2)
+    try:
+        assert client.get_transport().is_authenticated() and server.accepted == 2
+    finally:
+        client.close()
+
+
+def test_a_rejected_key_is_not_tried_again(keyfiles, serve):
+    key_file, _, host_key = keyfiles
+    server = serve("ssh", host_key, key=None)  # accepts no key
+    with pytest.raises(paramiko.AuthenticationException):
+        ssh.connect("127.0.0.1", USER, key_file, timeout=5, attempts=2)
+    assert server.accepted == 1
+
+
+def _plugin(key_file: Path, timeout: int) -> tuple[NixgoldMode, CloneTarget]:
+    clone = CloneTarget(vmid=100, name="c1", node="pve", address="127.0.0.1", ssh_user=USER, ssh_key_file=key_file,
+                        disk_bytes=0)
+    ctx = CheckContext(profile="generic", nixos_release="26.05", permit_root_login="prohibit-password", ciuser=USER,
+                       injected_public_key="", allowed_keys=(), clones=(clone,), agent=lambda vmid, cmd: {},
+                       connection="paramiko")
+    return NixgoldMode(ctx, connect_timeout=timeout, scope="clone"), clone
+
+
+def test_the_check_plugin_connects_a_clone_through_it(keyfiles, serve):
+    """A silent clone: one reason for every check, after CONNECT_ATTEMPTS connections of connect_timeout
+    each; a clone that cuts the first connection: connected, testinfra's backend uses that client."""
+    key_file, key, host_key = keyfiles
+    silent = serve("silent", host_key)
+    plugin, clone = _plugin(key_file, timeout=1)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError) as err:
+            plugin.connected(clone)
+        assert str(err.value) == ("no SSH connection to nixgold@127.0.0.1: SSHException: Error reading SSH "
+                                  "protocol banner")
+        assert silent.accepted == CONNECT_ATTEMPTS == 2 and time.monotonic() - t0 < 8
+        with pytest.raises(ConnectionError):  # the later checks of that clone: at once, no new connection
+            plugin.connected(clone)
+        assert silent.accepted == 2
+    finally:
+        plugin.close()
+
+    flaky = serve("flaky", host_key, key)
+    plugin, clone = _plugin(key_file, timeout=5)
+    try:
+        host = plugin.connected(clone)
+        assert host.backend.client.get_transport().is_authenticated() and flaky.accepted == 2
+    finally:
+        plugin.close()
