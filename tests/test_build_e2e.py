@@ -6,17 +6,17 @@ dialect, password login) inside the test bed's namespace, against the PVE simula
   file under ``build/<id>/`` or the packer process's argv;
 * with the stand-in installer ISO (``tests/testbed/images/installer_iso.py``) and the Debian
   stand-in's install.sh/cleanup.sh rendered from nixgold's own templates for the test's config
-  (``tests/testbed/standin/render.py``, served through ``NIXGOLD_RENDER_OVERLAY``): Packer creates
-  the VM, types the boot_command via sendkey, serves install.sh (which reports each step to
-  nixgold's install status endpoint), waits for the installed system's guest agent, SSHes in with
-  the per-build key, runs cleanup, converts to a template; ``--verify`` (generic profile: hostname,
-  root key login and the rest, with the NixOS template's cloud-init behaviour) passes on it. A
-  failing install.sh step stops the build at once (exit 4, the step named, the install log's last
-  lines), no VM left.
+  (``tests/testbed/standin/render.py``, served through ``NIXGOLD_RENDER_OVERLAY``): a failing
+  install.sh step stops the build at once (exit 4, the step named, the install log's last lines),
+  no VM left.
+
+The whole bundled stand-in build (Packer types the boot_command, install.sh reports each step,
+cleanup, template, verify passes) is the build phase of the one real Packer refresh,
+``tests/test_refresh_packer_e2e.py``: that phase is this command's own build (``run_build``), so the
+suite runs it once.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -301,44 +301,6 @@ def standin_iso(testbed) -> str:
     name = "nixgold-standin-installer.iso"
     upload_iso(testbed, iso, name)
     return name
-
-
-def test_standin_build_then_verify(testbed, before, standin_iso, tmp_path):
-    # install_report_wait far below the install's minutes: the reports keep the no-report warning away
-    config = write_config(tmp_path, testbed, iso=standin_iso, build_extra='install_report_wait = "30s"')
-    overlay = standin_overlay(config, tmp_path / "standin")
-    t0 = time.monotonic()
-    result = subprocess.run(invoke_argv(testbed, "--verify"), env=build_env(testbed, config, overlay), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=3600)
-    wall = time.monotonic() - t0
-    out, err = result.stdout, result.stderr
-    assert result.returncode == 0, f"stdout:\n{out}\nstderr:\n{err}"
-    assert "WARNING: NIXGOLD_RENDER_OVERLAY=" in err
-    for stage in ("creating the VM", "boot wait", "typing the boot command", "waiting for install/SSH",
-                  "provisioning", "converting to template"):
-        assert re.search(rf"\[\s*\d+\.\ds\] packer: {re.escape(stage)}", err), stage
-    assert re.search(rf"template {VMID} 'nixgold-e2e' on {testbed.node} built \(bundled dialect", out)
-    build_dir = build_dir_of(err)
-    manifest = json.loads((build_dir / "manifest.json").read_text())
-    assert manifest["overlay"] is True and manifest["template_vmid"] == VMID and manifest["dialect"] == "bundled"
-    with testbed.enter():
-        cfg = testbed.proxmoxer().nodes(testbed.node).qemu(VMID).config.get()
-    assert json.loads(cfg["description"]) == manifest
-    assert cfg["template"] == 1 and cfg["serial0"] == "socket" and "nixgold" in cfg["tags"].split(";")
-    assert cfg["ide2"].startswith("none,media=cdrom") and "cloudinit" in "".join(str(v) for v in cfg.values())
-    assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", out), out
-    # the NixOS defects 2 and 3 are fixed end to end: cleanup forgot the build VM's hostname, root has no key
-    for check in ("hostname.clone-name", "sshd.root-key-login", "cloud-init.done"):
-        assert re.search(rf"^{re.escape(check)} +\S+ +passed ", out, re.M), (check, out)
-    # install.sh reported every step live under "waiting for install/SSH"
-    steps = re.findall(r"\] install: (.+) \((\d+)/(\d+)\) \d+m\d\ds$", err, re.M)
-    assert steps and [int(n) for _, n, _ in steps] == list(range(1, len(steps) + 1)), err
-    assert re.search(r"\] install: finished \((\d+)/\1\) after ", err), err
-    assert "no report from install.sh" not in err and "never reported" not in err, err
-    report = json.loads((build_dir / "build.json").read_text())
-    assert report["outcome"] == "built" and report["overlay"] is True
-    assert_no_secret(testbed, [out, err], build_dir)
-    print(f"stand-in build + verify: {wall:.0f}s; stages: {report['stages']}")
 
 
 def test_failing_install_step_stops_the_build_at_once(testbed, before, standin_iso, tmp_path):

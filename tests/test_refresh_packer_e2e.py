@@ -1,7 +1,17 @@
-"""The one refresh with a real build: `invoke refresh` on an empty cluster with Debian's Packer 1.6.6
-(bundled dialect, BIOS), the stand-in installer ISO and the stand-in install.sh/cleanup.sh overlay
-(the setup of tests/test_build_e2e.py), then `invoke verify --vmid <template>` on the result, then
-the nightly no-op. Every other refresh scenario uses the build seam (tests/test_refresh_e2e.py).
+"""The one refresh with a real build, and the one real build with Debian's Packer 1.6.6 (bundled
+dialect, password login, BIOS): `invoke refresh` on an empty cluster with the stand-in installer ISO
+and the stand-in install.sh/cleanup.sh overlay (the setup of tests/test_build_e2e.py), then `invoke
+verify --vmid <template>` on the result, then the nightly no-op. Every other refresh scenario uses the
+build seam (tests/test_refresh_e2e.py).
+
+The refresh's build phase is `invoke build-template`'s own build (nixgold.refresh.producer.packer_producer
+calls nixgold.build.builder.run_build with the candidate's config), so this run also holds what a
+bundled stand-in build must show: Packer creates the VM, types the boot_command via sendkey, serves
+install.sh (which reports each step to nixgold's install status endpoint), waits for the installed
+system's guest agent, SSHes in with the per-build key, runs cleanup, converts to a template; the
+verify (generic profile) passes on it; no secret in any output or file of the build. The command's
+own wrapper around that build (flags, ``--verify``) is covered by tests/test_build_paths.py (bundled,
+a stand-in Packer) and tests/test_build_plugin_e2e.py (the plugin dialect's real builds).
 """
 from __future__ import annotations
 
@@ -16,7 +26,7 @@ from typing import Any
 import pytest
 
 from nixgold.errors import ExitCode
-from tests.test_build_e2e import build_env, standin_overlay, upload_iso, write_config
+from tests.test_build_e2e import assert_no_secret, build_dir_of, build_env, standin_overlay, upload_iso, write_config
 
 pytestmark = pytest.mark.vm
 
@@ -55,7 +65,9 @@ def ours(testbed: Any) -> dict[int, dict[str, Any]]:
 
 
 def test_first_refresh_builds_with_packer_verifies_and_promotes(testbed, standin_iso, tmp_path):
-    config = write_config(tmp_path, testbed, iso=standin_iso, vmid=TEMPLATE, extra=REFRESH)
+    # install_report_wait far below the install's minutes: the reports keep the no-report warning away
+    config = write_config(tmp_path, testbed, iso=standin_iso, vmid=TEMPLATE, extra=REFRESH,
+                          build_extra='install_report_wait = "30s"')
     overlay = standin_overlay(config, tmp_path / "standin")
     env = build_env(testbed, config, overlay)
     report = tmp_path / "refresh.json"
@@ -68,8 +80,27 @@ def test_first_refresh_builds_with_packer_verifies_and_promotes(testbed, standin
         out, err = result.stdout, result.stderr
         assert result.returncode == ExitCode.PROMOTED, f"stdout:\n{out}\nstderr:\n{err}"
         assert "WARNING: NIXGOLD_RENDER_OVERLAY=" in err and "NIXGOLD_REFRESH_PRODUCER" not in err
-        for stage in ("creating the VM", "typing the boot command", "waiting for install/SSH", "converting to template"):
-            assert re.search(rf"\] packer: {re.escape(stage)}", err), stage
+        for stage in ("creating the VM", "boot wait", "typing the boot command", "waiting for install/SSH",
+                      "provisioning", "converting to template"):
+            assert re.search(rf"\[\s*\d+\.\ds\] packer: {re.escape(stage)}", err), stage
+        # install.sh reported every step live under "waiting for install/SSH"
+        steps = re.findall(r"\] install: (.+) \((\d+)/(\d+)\) \d+m\d\ds$", err, re.M)
+        assert steps and [int(n) for _, n, _ in steps] == list(range(1, len(steps) + 1)), err
+        assert re.search(r"\] install: finished \((\d+)/\1\) after ", err), err
+        assert "no report from install.sh" not in err and "never reported" not in err, err
+        # the build phase is build-template's build, for the candidate
+        candidate = f"nixgold-e2e-candidate-{json.loads(report.read_text())['refresh_id'].lower()}"
+        assert re.search(rf"template 9502 '{candidate}' on {testbed.node} built \(bundled dialect", out), out
+        build_dir = build_dir_of(err)
+        built = json.loads((build_dir / "manifest.json").read_text())
+        assert (built["overlay"], built["template_vmid"], built["dialect"]) == (True, 9502, "bundled")
+        build_report = json.loads((build_dir / "build.json").read_text())
+        assert build_report["outcome"] == "built" and build_report["overlay"] is True
+        # the candidate's verify: the NixOS defects 2 and 3 are fixed end to end (cleanup forgot the
+        # build VM's hostname, root has no key)
+        assert re.search(r"checks: \d+ passed, 0 failed", out), out
+        for check in ("hostname.clone-name", "sshd.root-key-login", "cloud-init.done"):
+            assert re.search(rf"^{re.escape(check)} +\S+ +passed ", out, re.M), (check, out)
         data = json.loads(report.read_text())
         assert [p["name"] for p in data["phases"]] == ["decide", "lock", "recover", "build", "verify", "promote"]
         assert all(p["ok"] for p in data["phases"]) and data["outcome"] == "promoted" and data["exit_code"] == 10
@@ -87,6 +118,8 @@ def test_first_refresh_builds_with_packer_verifies_and_promotes(testbed, standin
         assert (record["role"], record["step"], record["input_digest"]) == ("promoted", "done", data["input_digest"])
         assert record["verification"]["outcome"] == "passed" and record["verification"]["report_sha256"]
         assert set(t["tags"].split(";")) == {"nixgold", "nixos", "golden"} and t["serial0"] == "socket"
+        assert t["ide2"].startswith("none,media=cdrom") and "cloudinit" in "".join(str(v) for v in t.values())
+        assert manifest["build_id"] == built["build_id"]
         print(f"first refresh with Packer: {wall:.0f}s; phases: "
               + ", ".join(f"{p['name']} {p['seconds']:.0f}s" for p in data["phases"]))
 
@@ -96,6 +129,7 @@ def test_first_refresh_builds_with_packer_verifies_and_promotes(testbed, standin
                                 capture_output=True, text=True, timeout=1800)
         assert verify.returncode == 0, f"stdout:\n{verify.stdout}\nstderr:\n{verify.stderr}"
         assert re.search(r"checks: \d+ passed, 0 failed.*PASSED \(exit 0\)", verify.stdout)
+        assert_no_secret(testbed, [out, err, report.read_text(), verify.stdout, verify.stderr], build_dir)
 
         t0 = time.monotonic()
         noop = subprocess.run(argv(testbed, "refresh"), env=env, cwd=tmp_path, capture_output=True, text=True,
