@@ -5,23 +5,26 @@
 paramiko waits 15 s for the server's banner and 30 s for the authentication by default
 (``Transport.banner_timeout``, ``auth_timeout``), whatever ``timeout`` (the TCP connect) says: a guest
 that answers slowly (an emulated or busy node, cloud-init's last stage still running) then fails after
-15 s although it would have answered. Here the banner and the authentication wait ``timeout`` each;
-paramiko's own ``timeout`` (the TCP connect, and the whole negotiation: ``start_client`` silently stops
-waiting after it and the login then fails with "No existing session") is twice that, so the banner's
-own error is the one that comes. ``attempts``: a connection
-that failed before the login (no banner, the connection cut or refused) is tried again at once; a
-rejected key is not.
+15 s although it would have answered. Here the TCP connect, the banner and the authentication wait
+``timeout`` each; the whole negotiation (paramiko's own ``timeout``: ``start_client`` silently stops
+waiting after it, and the login then fails with "No existing session") twice that, so the banner's own
+error is the one that comes. ``attempts``: a connection that failed before the login (no banner, the
+connection cut or refused) is tried again after :data:`RETRY_PAUSE`; a rejected key is not.
 """
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 SSH_PORT = 22
+RETRY_PAUSE = 2.0  # seconds before another try: sshd restarting, or a guest busy for a moment
 
 
-def connect(address: str, user: str, key_file: Path | str, timeout: float, *, attempts: int = 1) -> Any:
+def connect(address: str, user: str, key_file: Path | str, timeout: float, *, attempts: int = 1,
+            port: int | None = None) -> Any:
     """A connected ``paramiko.SSHClient`` (the clone's host key accepted: it is a new machine), or the
     last attempt's exception."""
     import paramiko
@@ -30,8 +33,10 @@ def connect(address: str, user: str, key_file: Path | str, timeout: float, *, at
         client = paramiko.SSHClient()
         client.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())  # fresh clone: unknown host key
         try:
-            client.connect(address, port=SSH_PORT, username=user, key_filename=str(key_file), timeout=2 * timeout,
-                           banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False, allow_agent=False)
+            sock = socket.create_connection((address, port or SSH_PORT), timeout=timeout)
+            client.connect(address, port=port or SSH_PORT, username=user, key_filename=str(key_file), sock=sock,
+                           timeout=2 * timeout, banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False,
+                           allow_agent=False)
             return client
         except paramiko.AuthenticationException:
             client.close()
@@ -40,4 +45,5 @@ def connect(address: str, user: str, key_file: Path | str, timeout: float, *, at
             client.close()
             if attempt >= attempts:
                 raise
+        time.sleep(RETRY_PAUSE)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -15,10 +15,10 @@ Two modes share the check modules:
 
 from __future__ import annotations
 
+import functools
 import getpass
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -38,6 +38,25 @@ MARKER_HELP = ("check(id, summary): a nixgold verification check with a stable i
 CLONES_TARGET = "clones"
 REASON_LIMIT = 300
 CONNECT_ATTEMPTS = 2  # a clone's SSH connection (nixgold.verify.ssh.connect): one more try before the login
+
+
+@functools.cache
+def clone_backend() -> type:
+    """testinfra's paramiko backend, connecting through :func:`nixgold.verify.ssh.connect` (its
+    ``client``, also when testinfra connects again after a dropped transport: ``del self.client``).
+    testinfra's own ``client`` waits paramiko's fixed 15 s for the banner whatever its timeout: a clone
+    that had answered boot.ssh but was slow a moment later (a busy node, cloud-init's last stage) failed
+    every check. Here: every wait ``timeout`` (connect_timeout), :data:`CONNECT_ATTEMPTS` tries before
+    the login, the clone's new host key accepted, only the verify key offered."""
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    class CloneBackend(ParamikoBackend):
+        @functools.cached_property
+        def client(self) -> Any:
+            return ssh_connect(self.host.name, self.host.user, self.ssh_identity_file, self.timeout,
+                               attempts=CONNECT_ATTEMPTS)
+
+    return CloneBackend
 
 
 class CloneHost(NamedTuple):
@@ -152,11 +171,6 @@ class NixgoldMode(_Base):
         self._pending: dict[str, dict[str, Any]] = {}
         self._hosts: dict[str, Any] = {}
         self._unreachable: dict[str, str] = {}  # clone name -> why the first connection failed
-        self._tmp = tempfile.TemporaryDirectory(prefix="nixgold-checks-")
-        # testinfra's paramiko backend honours StrictHostKeyChecking=no from an ssh_config (and
-        # then ignores ~/.ssh/config): the clones are new machines with new host keys.
-        self._ssh_config = Path(self._tmp.name) / "ssh_config"
-        self._ssh_config.write_text("Host *\n  StrictHostKeyChecking no\n")
 
     # -- connections ------------------------------------------------------------------------------
     def host_for(self, clone: CloneTarget) -> Any:
@@ -165,12 +179,11 @@ class NixgoldMode(_Base):
 
             self._hosts[clone.name] = testinfra.get_host("local://")
         if clone.name not in self._hosts:
-            from testinfra.backend import get_backend
             from testinfra.host import Host
 
             address = f"[{clone.address}]" if ":" in clone.address else clone.address
-            backend = get_backend(f"paramiko://{clone.ssh_user}@{address}", ssh_config=str(self._ssh_config),
-                                  ssh_identity_file=str(clone.ssh_key_file), timeout=self.connect_timeout)
+            backend = clone_backend()(f"{clone.ssh_user}@{address}", ssh_identity_file=str(clone.ssh_key_file),
+                                      timeout=self.connect_timeout)
             self._hosts[clone.name] = Host(backend)
             if self.facts_in.get(clone.name):
                 STORE.load(self._hosts[clone.name], self.facts_in[clone.name])
@@ -190,7 +203,6 @@ class NixgoldMode(_Base):
             if client is not None:
                 client.close()
         self._hosts.clear()
-        self._tmp.cleanup()
 
     # -- fixtures ---------------------------------------------------------------------------------
     @pytest.fixture
@@ -205,13 +217,8 @@ class NixgoldMode(_Base):
         if clone.name in self.facts_in:
             return host  # answered from an earlier run's facts; connects on its first other command
         try:
-            if hasattr(type(host.backend), "client") and "client" not in host.backend.__dict__:
-                # testinfra's paramiko backend would connect on first use (its cached ``client``), waiting
-                # paramiko's 15 s for the banner whatever its timeout: a clone that answered the login
-                # before (boot.ssh) but is slow now (a busy node, cloud-init's last stage) failed every
-                # check. Our connection: every wait connect_timeout, one more try before the login.
-                host.backend.__dict__["client"] = ssh_connect(clone.address, clone.ssh_user, clone.ssh_key_file,
-                                                              self.connect_timeout, attempts=CONNECT_ATTEMPTS)
+            if hasattr(type(host.backend), "client"):
+                host.backend.client  # noqa: B018 - the backend connects on first use (clone_backend)
         except Exception as exc:
             self._unreachable[clone.name] = f"no SSH connection to {clone.ssh_user}@{clone.address}: {describe(exc)}"
             raise ConnectionError(self._unreachable[clone.name]) from None

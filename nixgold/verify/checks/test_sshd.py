@@ -11,6 +11,7 @@ import pytest
 from nixgold.verify.checks.facts import Probe
 from nixgold.verify.checks.helpers import failure, run, sshd_dump, sshd_settings, systemd_unit, unit_probes, \
     unit_problem
+from nixgold.verify.ssh import connect as ssh_connect
 
 PASSWORD_METHODS = ("password", "keyboard-interactive")
 #: nixpkgs sshd.nix: systemd.services.sshd (and sshd.socket with startWhenNeeded); Debian: ssh.service.
@@ -70,8 +71,9 @@ def offered_methods(address: str, port: int, user: str, timeout: float = 15.0) -
 
     sock = socket.create_connection((address, port), timeout=timeout)
     transport = paramiko.Transport(sock)
+    transport.banner_timeout = timeout  # paramiko's own: 15 s whatever start_client's timeout (nixgold.verify.ssh)
     try:
-        transport.start_client(timeout=timeout)
+        transport.start_client(timeout=2 * timeout)
         try:
             transport.auth_none(user)
         except paramiko.BadAuthenticationType as exc:
@@ -127,15 +129,13 @@ def root_shell_with_key(address: str, port: int, key_file: str, timeout: float =
     """Log in as root with ``key_file`` and run ``id -u``: (root got a shell, what happened)."""
     import paramiko
 
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.MissingHostKeyPolicy())  # a throwaway clone
     logger = logging.getLogger("paramiko")
     level = logger.level
     logger.setLevel(logging.CRITICAL)
+    client = None
     try:
         try:
-            client.connect(address, port=port, username="root", key_filename=key_file, timeout=timeout,
-                           banner_timeout=timeout, auth_timeout=timeout, look_for_keys=False, allow_agent=False)
+            client = ssh_connect(address, "root", key_file, timeout, port=port)  # the clone's host key accepted
         except paramiko.AuthenticationException:
             return False, "the key is refused for root"
         _, stdout, stderr = client.exec_command("id -u", timeout=timeout)
@@ -148,7 +148,8 @@ def root_shell_with_key(address: str, port: int, key_file: str, timeout: float =
         status = stdout.channel.recv_exit_status()
         return status == 0, f"`id -u` printed 0 (exit {status})"
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         logger.setLevel(level)
 
 
