@@ -11,9 +11,9 @@ dialect, password login) inside the test bed's namespace, against the PVE simula
   no VM left.
 
 The whole bundled stand-in build (Packer types the boot_command, install.sh reports each step,
-cleanup, template, verify passes) is the build phase of the one real Packer refresh,
-``tests/test_refresh_packer_e2e.py``: that phase is this command's own build (``run_build``), so the
-suite runs it once.
+cleanup, template) is the build phase of the one real Packer refresh, whose verify phase then passes
+on it (``tests/test_refresh_packer_e2e.py``): that phase is this command's own build (``run_build``),
+so the suite runs it once.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """The stand-in installer ISO (tests/testbed/images/installer_iso.py) and the stand-in
 install.sh/cleanup.sh (tests/testbed/standin/): recipe, cache, layout, scripts.
 
-That the ISO really boots and installs is proven by tests/test_build_e2e.py (Packer 1.6.6, SeaBIOS
-on i440fx) and tests/test_build_plugin_e2e.py (Packer 1.16 + packer-plugin-proxmox, q35 with OVMF
+That the ISO really boots and installs is proven by tests/test_refresh_packer_e2e.py (its build phase:
+Packer 1.6.6, SeaBIOS on i440fx) and tests/test_build_plugin_e2e.py (Packer 1.16 + packer-plugin-proxmox, q35 with OVMF
 and with SeaBIOS): Packer types the boot_command into it through the simulator and builds a
 template from it."""
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
