@@ -1,9 +1,10 @@
-"""nixgold.verify.ssh.connect and the check plugin's clone connection, against real sockets on this
-machine: a server that accepts and never sends its banner (a guest too busy to answer), one that cuts
+"""nixgold.verify.ssh (connect, auth_methods), the check plugin's clone connection and the sshd checks'
+own connections, against real sockets on this machine: a server that accepts and never sends its banner (a guest too busy to answer), one that cuts
 the first connection and then is a real SSH server (paramiko's server side), and one that rejects the
 key. paramiko alone waits 15 s for a banner whatever the connect timeout (``Transport.banner_timeout``);
 in the n=3 run of 2026-12-02 two clones that had answered the boot.ssh login failed every check with
-"Error reading SSH protocol banner" that way."""
+"Error reading SSH protocol banner" that way; in CI on 2026-12-02 (a node so busy a clone's agent took
+115 s) sshd.password-auth-off's own probe, which waited 15 s once, ended as an error."""
 from __future__ import annotations
 
 import socket
@@ -18,14 +19,18 @@ import pytest
 from nixgold.verify import keys as sshkeys
 from nixgold.verify import clones, ssh
 from nixgold.verify.checks import CheckContext, CloneTarget
-from nixgold.verify.checks.plugin import CONNECT_ATTEMPTS, NixgoldMode
+from nixgold.verify.checks.plugin import NixgoldMode
+from nixgold.verify.checks.test_sshd import Endpoint, root_shell_with_key
 
 USER = "nixgold"
 
 
 class _Accepts(paramiko.ServerInterface):
-    def __init__(self, key: paramiko.PKey | None):
-        self.key = key
+    def __init__(self, key: paramiko.PKey | None, none_ok: bool = False):
+        self.key, self.none_ok = key, none_ok
+
+    def check_auth_none(self, username: str) -> int:
+        return paramiko.AUTH_SUCCESSFUL if self.none_ok else paramiko.AUTH_FAILED
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey"
@@ -37,7 +42,8 @@ class _Accepts(paramiko.ServerInterface):
 
 class Server:
     """On 127.0.0.1:<port>: ``mode`` "silent" (accept, say nothing), "flaky" (close the first
-    connection at once, then serve SSH), "ssh" (serve SSH; ``key``: the one public key it accepts)."""
+    connection at once, then serve SSH), "ssh" (serve SSH; ``key``: the one public key it accepts),
+    "open" (serve SSH, letting anyone in without authentication)."""
 
     def __init__(self, mode: str, host_key: paramiko.PKey, key: paramiko.PKey | None = None):
         self.mode, self.host_key, self.key = mode, host_key, key
@@ -65,7 +71,7 @@ class Server:
             transport.add_server_key(self.host_key)
             self.open.append(transport)
             try:
-                transport.start_server(server=_Accepts(self.key))
+                transport.start_server(server=_Accepts(self.key, none_ok=self.mode == "open"))
             except (paramiko.SSHException, EOFError, OSError):
                 pass  # a port check (connect, close) or a client that gave up: serve the next one
 
@@ -149,6 +155,36 @@ def test_ssh_login_says_what_happened(keyfiles, serve):
     assert not ok and said.startswith(f"key rejected for {USER} ")
 
 
+def test_auth_methods_waits_the_callers_timeout_and_tries_again(keyfiles, serve):
+    """sshd.password-auth-off's probe (an SSH "none" request): what the server offers, None when it
+    lets the user in; a silent server is tried ``attempts`` times, ``timeout`` each."""
+    key_file, key, host_key = keyfiles
+    silent = serve("silent", host_key)
+    t0 = time.monotonic()
+    with pytest.raises(paramiko.SSHException, match="Error reading SSH protocol banner"):
+        ssh.auth_methods("127.0.0.1", USER, timeout=1, attempts=2)
+    assert silent.accepted == 2 and time.monotonic() - t0 < 8
+    flaky = serve("flaky", host_key, key)
+    assert ssh.auth_methods("127.0.0.1", USER, timeout=5, attempts=2) == ["publickey"] and flaky.accepted == 2
+    serve("open", host_key)
+    assert ssh.auth_methods("127.0.0.1", USER, timeout=5) is None
+
+
+def test_root_key_logins_own_connection_is_bounded_and_tried_again(keyfiles, serve):
+    """sshd.root-key-login's connection: the backend's timeout and ssh.CHECK_ATTEMPTS tries while no
+    banner comes (it waited paramiko's 15 s once before); a refused key is its answer, at once."""
+    key_file, _, host_key = keyfiles
+    silent = serve("silent", host_key)
+    t0 = time.monotonic()
+    with pytest.raises(paramiko.SSHException, match="Error reading SSH protocol banner"):
+        root_shell_with_key(Endpoint("127.0.0.1", silent.port, 1.0), str(key_file))
+    assert silent.accepted == ssh.CHECK_ATTEMPTS and time.monotonic() - t0 < 8
+    refusing = serve("ssh", host_key, key=None)
+    assert root_shell_with_key(Endpoint("127.0.0.1", refusing.port, 5.0), str(key_file)) == (
+        False, "the key is refused for root")
+    assert refusing.accepted == 1
+
+
 def _plugin(key_file: Path, timeout: int) -> tuple[NixgoldMode, CloneTarget]:
     clone = CloneTarget(vmid=100, name="c1", node="pve", address="127.0.0.1", ssh_user=USER, ssh_key_file=key_file,
                         disk_bytes=0)
@@ -159,7 +195,7 @@ def _plugin(key_file: Path, timeout: int) -> tuple[NixgoldMode, CloneTarget]:
 
 
 def test_the_check_plugin_connects_a_clone_through_it(keyfiles, serve):
-    """A silent clone: one reason for every check, after CONNECT_ATTEMPTS connections of connect_timeout
+    """A silent clone: one reason for every check, after ssh.CHECK_ATTEMPTS connections of connect_timeout
     each; a clone that cuts the first connection: connected, testinfra's backend uses that client."""
     key_file, key, host_key = keyfiles
     silent = serve("silent", host_key)
@@ -170,7 +206,7 @@ def test_the_check_plugin_connects_a_clone_through_it(keyfiles, serve):
             plugin.connected(clone)
         assert str(err.value) == ("no SSH connection to nixgold@127.0.0.1: SSHException: Error reading SSH "
                                   "protocol banner")
-        assert silent.accepted == CONNECT_ATTEMPTS == 2 and time.monotonic() - t0 < 8
+        assert silent.accepted == ssh.CHECK_ATTEMPTS == 2 and time.monotonic() - t0 < 8
         with pytest.raises(ConnectionError):  # the later checks of that clone: at once, no new connection
             plugin.connected(clone)
         assert silent.accepted == 2

@@ -5,13 +5,11 @@ Names, boot disk and MAC from their config, and the SSH key login that says a cl
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from nixgold.errors import ProxmoxError
 from nixgold.proxmox.vms import CloneJob, dns_label
@@ -97,17 +95,6 @@ def boot_disk(config: dict[str, Any]) -> tuple[str, int | None]:
 def net0_mac(config: dict[str, Any]) -> str | None:
     m = re.search(r"(?:^|,)(?:[a-z0-9-]+)=([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})", str(config.get("net0") or ""))
     return m.group(1) if m else None
-
-@contextlib.contextmanager
-def quiet_paramiko() -> Iterator[None]:
-    """paramiko logs every refused banner as an ERROR with a traceback while sshd starts."""
-    logger = logging.getLogger("paramiko")
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 def ssh_login(address: str, user: str, key_file: Path, timeout: float = 10.0) -> tuple[bool, str]:
     """TCP connect to port 22, then a key login as ``user``. (ok, what happened)."""

@@ -63,11 +63,11 @@ from nixgold.verify.clones import (
     boot_disk,
     clone_name,
     net0_mac,
-    quiet_paramiko,
     ssh_login,
 )
 from nixgold.verify.report import CloneInfo, StageInfo, VerifyReport, format_keep, format_table, write_reports
 from nixgold.verify.select import Template, resolve_template
+from nixgold.verify.ssh import quiet as ssh_quiet
 
 if TYPE_CHECKING:  # the suite is imported when a run needs it (it pulls in pytest's plugin side lazily)
     from nixgold.verify.checks import CheckChild, CheckContext, CheckResult, CheckRun
@@ -324,7 +324,7 @@ class Verifier:
         # as it answers SSH; the checks across clones run when all are in.
         with self.progress.stage(f"cloning {template.vmid} -> {ids} ({label}"
                                  f"{', falls back to full' if mode == 'auto' else ''}), booting and checking each "
-                                 f"as soon as it answers SSH"), quiet_paramiko():
+                                 f"as soon as it answers SSH"), ssh_quiet():
             self.parallel(self._pipeline, self.clones)
         for c in self.clones:
             results.extend(c.boot_results)

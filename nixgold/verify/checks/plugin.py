@@ -28,6 +28,7 @@ import pytest
 from nixgold.text import one_line as text_one_line
 from nixgold.verify.checks.facts import STORE, Probe, unique, valid_probe
 from nixgold.verify.checks.model import CheckContext, CheckResult, CloneTarget
+from nixgold.verify.ssh import CHECK_ATTEMPTS
 from nixgold.verify.ssh import connect as ssh_connect
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ MARKER_HELP = ("check(id, summary): a nixgold verification check with a stable i
                "(like sshd.password-auth-off) and a one-line summary")
 CLONES_TARGET = "clones"
 REASON_LIMIT = 300
-CONNECT_ATTEMPTS = 2  # a clone's SSH connection (nixgold.verify.ssh.connect): one more try before the login
 
 
 @functools.cache
@@ -46,7 +46,7 @@ def clone_backend() -> type:
     ``client``, also when testinfra connects again after a dropped transport: ``del self.client``).
     testinfra's own ``client`` waits paramiko's fixed 15 s for the banner whatever its timeout: a clone
     that had answered boot.ssh but was slow a moment later (a busy node, cloud-init's last stage) failed
-    every check. Here: every wait ``timeout`` (connect_timeout), :data:`CONNECT_ATTEMPTS` tries before
+    every check. Here: every wait ``timeout`` (connect_timeout), :data:`CHECK_ATTEMPTS` tries before
     the login, the clone's new host key accepted, only the verify key offered."""
     from testinfra.backend.paramiko import ParamikoBackend
 
@@ -54,7 +54,7 @@ def clone_backend() -> type:
         @functools.cached_property
         def client(self) -> Any:
             return ssh_connect(self.host.name, self.host.user, self.ssh_identity_file, self.timeout,
-                               attempts=CONNECT_ATTEMPTS)
+                               attempts=CHECK_ATTEMPTS)
 
     return CloneBackend
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from nixgold.verify.checks.facts import Probe
 from nixgold.verify.checks.helpers import failure, run, sshd_dump, sshd_settings, systemd_unit, unit_probes, \
     unit_problem
+from nixgold.verify.ssh import CHECK_ATTEMPTS, SSH_PORT, auth_methods
 from nixgold.verify.ssh import connect as ssh_connect
+from nixgold.verify.ssh import quiet as ssh_quiet
 
 PASSWORD_METHODS = ("password", "keyboard-interactive")
 #: nixpkgs sshd.nix: systemd.services.sshd (and sshd.socket with startWhenNeeded); Debian: ssh.service.
@@ -19,6 +19,8 @@ SERVICE_UNITS = ("sshd.service", "ssh.service")
 SOCKET_UNITS = ("sshd.socket", "ssh.socket")
 #: Listening TCP sockets, numeric, no header (iproute2's ss).
 LISTENING = "ss -Htln"
+#: A check's own connection, when the backend names no timeout (standalone pytest: testinfra's ssh).
+DEFAULT_TIMEOUT = 30.0
 
 
 def probes(ctx):
@@ -65,30 +67,21 @@ def test_sshd_enabled_running_listening(host):
         f"TCP port 22 is listened on only at {', '.join(sorted(addresses))}, not on every address ([::]:22)"
 
 
-def offered_methods(address: str, port: int, user: str, timeout: float = 15.0) -> list[str] | None:
-    """The authentication methods the server offers ``user`` (SSH "none" request); None: it let us in."""
-    import paramiko
+class Endpoint(NamedTuple):
+    """Where a check's own SSH connection goes, and how long each of its waits may be (the backend's
+    connect timeout: nixgold.verify.checks.plugin)."""
 
-    sock = socket.create_connection((address, port), timeout=timeout)
-    transport = paramiko.Transport(sock)
-    transport.banner_timeout = timeout  # paramiko's own: 15 s whatever start_client's timeout (nixgold.verify.ssh)
-    try:
-        transport.start_client(timeout=2 * timeout)
-        try:
-            transport.auth_none(user)
-        except paramiko.BadAuthenticationType as exc:
-            return list(exc.allowed_types)
-        return None
-    finally:
-        transport.close()
-        sock.close()
+    address: str
+    port: int
+    timeout: float
 
 
-def _endpoint(host: Any, clone: Any) -> tuple[str, int] | None:
+def _endpoint(host: Any, clone: Any) -> Endpoint | None:
     spec = getattr(host.backend, "host", None)
     if getattr(host.backend, "NAME", "") not in ("paramiko", "ssh", "safe-ssh"):
         return None
-    return clone.address, int(getattr(spec, "port", None) or 22)
+    return Endpoint(clone.address, int(getattr(spec, "port", None) or SSH_PORT),
+                    float(getattr(host.backend, "timeout", None) or DEFAULT_TIMEOUT))
 
 
 @pytest.mark.check("sshd.password-auth-off", "sshd refuses password logins")
@@ -101,14 +94,10 @@ def test_password_authentication_off(host, clone, ctx):
     endpoint = _endpoint(host, clone)
     if endpoint is None:
         return  # a local connection: nothing to probe over the network
-    logger = logging.getLogger("paramiko")  # it logs refused auth as errors
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        methods = offered_methods(*endpoint, ctx.ciuser)
-    finally:
-        logger.setLevel(level)
-    assert methods is not None, f"the server at {endpoint[0]}:{endpoint[1]} let {ctx.ciuser} in without authentication"
+    with ssh_quiet():  # the "none" request is refused on purpose
+        methods = auth_methods(endpoint.address, ctx.ciuser, endpoint.timeout, attempts=CHECK_ATTEMPTS,
+                               port=endpoint.port)
+    assert methods is not None, f"the server at {endpoint.address}:{endpoint.port} let {ctx.ciuser} in without authentication"
     offered = [m for m in methods if m in PASSWORD_METHODS]
     assert not offered, f"the server offers {', '.join(offered)} to {ctx.ciuser} (offers: {', '.join(methods)})"
 
@@ -125,32 +114,30 @@ def test_root_login_as_configured(host, ctx):
         f"sshd -T: permitrootlogin {actual}, but the config says {ctx.permit_root_login}"
 
 
-def root_shell_with_key(address: str, port: int, key_file: str, timeout: float = 20.0) -> tuple[bool, str]:
+def root_shell_with_key(endpoint: Endpoint, key_file: str) -> tuple[bool, str]:
     """Log in as root with ``key_file`` and run ``id -u``: (root got a shell, what happened)."""
     import paramiko
 
-    logger = logging.getLogger("paramiko")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
     client = None
-    try:
+    with ssh_quiet():  # a refused key is an answer here
         try:
-            client = ssh_connect(address, "root", key_file, timeout, port=port)  # the clone's host key accepted
-        except paramiko.AuthenticationException:
-            return False, "the key is refused for root"
-        _, stdout, stderr = client.exec_command("id -u", timeout=timeout)
-        first = stdout.readline().strip()
-        if first != "0":
-            # cloud-init's disable_root command prints "Please login as the user ..." and then
-            # sleeps 10 s before exit 142: its first line is the answer, no need to wait.
-            said = " ".join((first or stderr.read().decode(errors="replace")).split())[:160]
-            return False, f"root's key runs something else: {said or 'no output'}"
-        status = stdout.channel.recv_exit_status()
-        return status == 0, f"`id -u` printed 0 (exit {status})"
-    finally:
-        if client is not None:
-            client.close()
-        logger.setLevel(level)
+            try:
+                client = ssh_connect(endpoint.address, "root", key_file, endpoint.timeout,
+                                     attempts=CHECK_ATTEMPTS, port=endpoint.port)  # the clone's host key accepted
+            except paramiko.AuthenticationException:
+                return False, "the key is refused for root"
+            _, stdout, stderr = client.exec_command("id -u", timeout=endpoint.timeout)
+            first = stdout.readline().strip()
+            if first != "0":
+                # cloud-init's disable_root command prints "Please login as the user ..." and then
+                # sleeps 10 s before exit 142: its first line is the answer, no need to wait.
+                said = " ".join((first or stderr.read().decode(errors="replace")).split())[:160]
+                return False, f"root's key runs something else: {said or 'no output'}"
+            status = stdout.channel.recv_exit_status()
+            return status == 0, f"`id -u` printed 0 (exit {status})"
+        finally:
+            if client is not None:
+                client.close()
 
 
 @pytest.mark.check("sshd.root-key-login", "root does not get a shell with the clone's cloud-init key")
@@ -161,6 +148,6 @@ def test_root_cannot_use_the_clones_key(host, clone):
     endpoint = _endpoint(host, clone)
     if endpoint is None or not str(clone.ssh_key_file):
         pytest.skip("needs the clone's address and the injected private key (--ssh-identity-file)")
-    got_shell, what = root_shell_with_key(*endpoint, str(clone.ssh_key_file))
+    got_shell, what = root_shell_with_key(endpoint, str(clone.ssh_key_file))
     assert not got_shell, (f"root logs in with the clone's cloud-init key and gets a shell ({what}): cloud-init "
                            f"wrote the instance's keys to root (disable_root is false)")
