@@ -103,7 +103,7 @@ def test_an_error_quoting_a_secret_shows_it_masked(workdir: Path) -> None:
     """A value given on the command line that happens to be the API secret (pasted into the wrong
     flag) comes back in the config error: the error path masks it before printing."""
     env = {"PROXMOX_TOKEN_SECRET": SECRET, "PROXMOX_PASSWORD": "pa55w0rd-in-the-env"}
-    for flag in ([f"--set=vm.disk_size={SECRET}"], [f"--set=vm.cores=pa55w0rd-in-the-env"]):
+    for flag in ([f"--set=vm.disk_size={SECRET}"], ["--set=vm.cores=pa55w0rd-in-the-env"]):
         result = run(["build-template", "--dry-run", *flag], workdir, env)
         assert result.returncode == ExitCode.CONFIG, result.stderr
         assert "(from flag) = '***'" in result.stderr, result.stderr

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import jinja2
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nixgold.render import templating

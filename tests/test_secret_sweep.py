@@ -18,7 +18,6 @@ and quotes the password in its description). No guest boots: ~1 min.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
