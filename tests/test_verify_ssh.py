@@ -23,11 +23,12 @@ from nixgold.verify.checks.plugin import NixgoldMode
 from nixgold.verify.checks.test_sshd import Endpoint, root_shell_with_key
 
 USER = "nixgold"
+MUTE_SECONDS = 4
 
 
 class _Accepts(paramiko.ServerInterface):
-    def __init__(self, key: paramiko.PKey | None, none_ok: bool = False):
-        self.key, self.none_ok = key, none_ok
+    def __init__(self, key: paramiko.PKey | None, none_ok: bool = False, mute: bool = False):
+        self.key, self.none_ok, self.mute = key, none_ok, mute
 
     def check_auth_none(self, username: str) -> int:
         return paramiko.AUTH_SUCCESSFUL if self.none_ok else paramiko.AUTH_FAILED
@@ -36,6 +37,8 @@ class _Accepts(paramiko.ServerInterface):
         return "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        if self.mute:  # a server too busy to answer the login (the client's auth wait runs out)
+            time.sleep(MUTE_SECONDS)
         ok = self.key is not None and username == USER and key.get_base64() == self.key.get_base64()
         return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
@@ -43,7 +46,8 @@ class _Accepts(paramiko.ServerInterface):
 class Server:
     """On 127.0.0.1:<port>: ``mode`` "silent" (accept, say nothing), "flaky" (close the first
     connection at once, then serve SSH), "ssh" (serve SSH; ``key``: the one public key it accepts),
-    "open" (serve SSH, letting anyone in without authentication)."""
+    "open" (serve SSH, letting anyone in without authentication), "mute" (serve SSH, but answer a key
+    login only after MUTE_SECONDS)."""
 
     def __init__(self, mode: str, host_key: paramiko.PKey, key: paramiko.PKey | None = None):
         self.mode, self.host_key, self.key = mode, host_key, key
@@ -71,7 +75,7 @@ class Server:
             transport.add_server_key(self.host_key)
             self.open.append(transport)
             try:
-                transport.start_server(server=_Accepts(self.key, none_ok=self.mode == "open"))
+                transport.start_server(server=_Accepts(self.key, none_ok=self.mode == "open", mute=self.mode == "mute"))
             except (paramiko.SSHException, EOFError, OSError):
                 pass  # a port check (connect, close) or a client that gave up: serve the next one
 
@@ -183,6 +187,21 @@ def test_root_key_logins_own_connection_is_bounded_and_tried_again(keyfiles, ser
     assert root_shell_with_key(Endpoint("127.0.0.1", refusing.port, 5.0), str(key_file)) == (
         False, "the key is refused for root")
     assert refusing.accepted == 1
+
+
+def test_a_login_never_answered_is_no_answer_not_a_refused_key(keyfiles, serve):
+    """paramiko raises AuthenticationException("Authentication timeout.") when the server never
+    answers the login: that is tried again and then an SSHException, never "the key is refused"
+    (root-key-login would pass on a clone that only was too busy to answer)."""
+    key_file, key, host_key = keyfiles
+    mute = serve("mute", host_key, key)
+    with pytest.raises(paramiko.SSHException, match="no answer to the login: Authentication timeout") as err:
+        ssh.connect("127.0.0.1", USER, key_file, timeout=1, attempts=2)
+    assert not isinstance(err.value, paramiko.AuthenticationException) and mute.accepted == 2
+    with pytest.raises(paramiko.SSHException, match="no answer to the login"):
+        root_shell_with_key(Endpoint("127.0.0.1", mute.port, 1.0), str(key_file))
+    ok, said = clones.ssh_login("127.0.0.1", USER, key_file, timeout=1)
+    assert not ok and said == "SSHException: no answer to the login: Authentication timeout."
 
 
 def _plugin(key_file: Path, timeout: int) -> tuple[NixgoldMode, CloneTarget]:

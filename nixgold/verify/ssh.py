@@ -9,8 +9,9 @@ that answers slowly (an emulated or busy node, cloud-init's last stage still run
 15 s although it would have answered. Here the TCP connect, the banner and the authentication wait
 ``timeout`` each; the whole negotiation (paramiko's own ``timeout``: ``start_client`` silently stops
 waiting after it, and the login then fails with "No existing session") twice that, so the banner's own
-error is the one that comes. ``attempts``: a connection that failed before the login (no banner, the
-connection cut or refused) is tried again after :data:`RETRY_PAUSE`; a rejected key is not. :func:`quiet` mutes paramiko's
+error is the one that comes. ``attempts``: a connection that got no answer (no banner, the connection
+cut or refused, the login never answered) is tried again after :data:`RETRY_PAUSE`; a rejected key is
+not. :func:`quiet` mutes paramiko's
 tracebacks for refusals the caller reports itself.
 """
 
@@ -26,6 +27,10 @@ from typing import Any, Callable, Iterator, TypeVar
 SSH_PORT = 22
 RETRY_PAUSE = 2.0  # seconds before another try: sshd restarting, or a guest busy for a moment
 CHECK_ATTEMPTS = 2  # the checks' connections to a clone that has answered boot.ssh: one more try
+#: paramiko's AuthenticationException when the server never answered the login (paramiko 5.1
+#: auth_handler.py wait_for_response: the auth wait ran out, or the transport ended first): not a
+#: refusal. Raised on as an SSHException, so no caller takes it for "the key is refused".
+NO_ANSWER = ("Authentication timeout.", "Authentication failed: transport shut down or saw EOF")
 
 T = TypeVar("T")
 
@@ -44,16 +49,19 @@ def quiet() -> Iterator[None]:
 
 
 def _tries(attempts: int, once: Callable[[], T]) -> T:
-    """``once()``, tried ``attempts`` times while it fails before the login (no banner, the connection
-    cut or refused: SSHException, OSError, EOFError), :data:`RETRY_PAUSE` apart; a refused
-    authentication is an answer and is raised at once."""
+    """``once()``, tried ``attempts`` times while it fails without an answer (no banner, the connection
+    cut or refused: SSHException, OSError, EOFError; no answer to the login: :data:`NO_ANSWER`),
+    :data:`RETRY_PAUSE` apart; a refused authentication is an answer and is raised at once."""
     import paramiko
 
     for attempt in range(1, max(1, attempts) + 1):
         try:
             return once()
-        except paramiko.AuthenticationException:
-            raise
+        except paramiko.AuthenticationException as exc:
+            if str(exc) not in NO_ANSWER:
+                raise
+            if attempt >= attempts:
+                raise paramiko.SSHException(f"no answer to the login: {exc}") from None
         except (paramiko.SSHException, OSError, EOFError):
             if attempt >= attempts:
                 raise

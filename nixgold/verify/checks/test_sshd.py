@@ -19,7 +19,8 @@ SERVICE_UNITS = ("sshd.service", "ssh.service")
 SOCKET_UNITS = ("sshd.socket", "ssh.socket")
 #: Listening TCP sockets, numeric, no header (iproute2's ss).
 LISTENING = "ss -Htln"
-#: A check's own connection, when the backend names no timeout (standalone pytest: testinfra's ssh).
+#: The least a check's own connection waits for each step (standalone pytest: testinfra's backends
+#: default to 10 s; invoke verify: connect_timeout, 30 s by default).
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -81,7 +82,7 @@ def _endpoint(host: Any, clone: Any) -> Endpoint | None:
     if getattr(host.backend, "NAME", "") not in ("paramiko", "ssh", "safe-ssh"):
         return None
     return Endpoint(clone.address, int(getattr(spec, "port", None) or SSH_PORT),
-                    float(getattr(host.backend, "timeout", None) or DEFAULT_TIMEOUT))
+                    max(float(getattr(host.backend, "timeout", None) or 0), DEFAULT_TIMEOUT))
 
 
 @pytest.mark.check("sshd.password-auth-off", "sshd refuses password logins")
