@@ -11,8 +11,7 @@ that answers slowly (an emulated or busy node, cloud-init's last stage still run
 waiting after it, and the login then fails with "No existing session") twice that, so the banner's own
 error is the one that comes. ``attempts``: a connection that got no answer (no banner, the connection
 cut or refused, the login never answered) is tried again after :data:`RETRY_PAUSE`; a rejected key is
-not. :func:`quiet` mutes paramiko's
-tracebacks for refusals the caller reports itself.
+not. :func:`quiet` mutes paramiko's tracebacks for refusals the caller reports itself.
 """
 
 from __future__ import annotations
@@ -99,7 +98,11 @@ def auth_methods(address: str, user: str, timeout: float, *, attempts: int = 1,
 
     def once() -> list[str] | None:
         sock = socket.create_connection((address, port or SSH_PORT), timeout=timeout)
-        transport = paramiko.Transport(sock)
+        try:
+            transport = paramiko.Transport(sock)
+        except BaseException:
+            sock.close()
+            raise
         transport.banner_timeout = timeout  # paramiko's own: 15 s whatever start_client's timeout
         transport.auth_timeout = timeout    # and 30 s for the answer to the request
         try:

@@ -119,26 +119,22 @@ def root_shell_with_key(endpoint: Endpoint, key_file: str) -> tuple[bool, str]:
     """Log in as root with ``key_file`` and run ``id -u``: (root got a shell, what happened)."""
     import paramiko
 
-    client = None
     with ssh_quiet():  # a refused key is an answer here
         try:
-            try:
-                client = ssh_connect(endpoint.address, "root", key_file, endpoint.timeout,
-                                     attempts=CHECK_ATTEMPTS, port=endpoint.port)  # the clone's host key accepted
-            except paramiko.AuthenticationException:
-                return False, "the key is refused for root"
-            _, stdout, stderr = client.exec_command("id -u", timeout=endpoint.timeout)
-            first = stdout.readline().strip()
-            if first != "0":
-                # cloud-init's disable_root command prints "Please login as the user ..." and then
-                # sleeps 10 s before exit 142: its first line is the answer, no need to wait.
-                said = " ".join((first or stderr.read().decode(errors="replace")).split())[:160]
-                return False, f"root's key runs something else: {said or 'no output'}"
-            status = stdout.channel.recv_exit_status()
-            return status == 0, f"`id -u` printed 0 (exit {status})"
-        finally:
-            if client is not None:
-                client.close()
+            client = ssh_connect(endpoint.address, "root", key_file, endpoint.timeout,
+                                 attempts=CHECK_ATTEMPTS, port=endpoint.port)  # the clone's host key accepted
+        except paramiko.AuthenticationException:
+            return False, "the key is refused for root"
+    with client:  # paramiko's SSHClient closes on exit
+        _, stdout, stderr = client.exec_command("id -u", timeout=endpoint.timeout)
+        first = stdout.readline().strip()
+        if first != "0":
+            # cloud-init's disable_root command prints "Please login as the user ..." and then
+            # sleeps 10 s before exit 142: its first line is the answer, no need to wait.
+            said = " ".join((first or stderr.read().decode(errors="replace")).split())[:160]
+            return False, f"root's key runs something else: {said or 'no output'}"
+        status = stdout.channel.recv_exit_status()
+        return status == 0, f"`id -u` printed 0 (exit {status})"
 
 
 @pytest.mark.check("sshd.root-key-login", "root does not get a shell with the clone's cloud-init key")
