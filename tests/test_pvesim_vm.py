@@ -323,8 +323,13 @@ def test_teardown_and_a_killed_simulator_leave_nothing(tmp_path):
             for vmid in (101, 102):
                 wait(prox, node.qemu.post(vmid=vmid, memory=64, net0=f"virtio,bridge={bed.bridge}",
                                           serial0="socket"))
-                wait(prox, node.qemu(vmid).status.start.post())
-                qemu_pids.append(node.qemu(vmid).status.current.get()["pid"])
+                upid = node.qemu(vmid).status.start.post()
+                started = wait(prox, upid)
+                log = [line["t"] for line in node.tasks(upid).log.get()]
+                assert started.get("exitstatus") == "OK", (started, log)  # a failed start says why
+                current = node.qemu(vmid).status.current.get()
+                assert current["status"] == "running" and "pid" in current, (current, log)
+                qemu_pids.append(current["pid"])
         assert set(bed.net.taps()) == {"tap101i0", "tap102i0"}
         # a simulator killed without warning takes its guests with it (PDEATHSIG)
         sim_pid = int((bed.root / "pvesim.pid").read_text())

@@ -274,7 +274,7 @@ def test_a_signal_destroys_every_clone_and_exits_130(testbed, before, tmp_path, 
             testbed.sim_admin.clear_faults()
     assert rc == ExitCode.INTERRUPTED, run.err
     assert after_signal < 120, run.err  # the slow check was stopped, not waited for
-    assert f"interrupted by {sig.name}; every clone was destroyed" in run.err
+    assert f"interrupted by {sig.name}; every clone was destroyed" in run.err, run.err
     assert re.search(r"destroying 2 clones \(\d+, \d+\): done", run.err)
     assert_no_clone_left(testbed, before)
 

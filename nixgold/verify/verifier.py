@@ -616,6 +616,12 @@ class Verifier:
         # Only a VM that carries this run's marker is ours (also when the clone request's outcome is
         # unknown, or another client took the vmid meanwhile).
         config = client.vm_config(c.node, c.vmid)
+        if config.get("lock") == "clone" and not job.done:
+            # A clone task still running (its UPID never reached us: the request was cut by a signal
+            # or an error): PVE's config is then only "lock: clone" (qemu-server clone_vm writes a
+            # temporary config first, the description with our marker at the task's end), so the
+            # marker can be read only once the task has ended.
+            config = client.wait_unlocked(c.node, c.vmid, LOCK_WAIT)
         if owner_of(config) != Owner("verify", self.run_id):
             self.say(f"vmid {c.vmid} does not carry this run's marker ({self._marker()}): leaving it alone")
             return
