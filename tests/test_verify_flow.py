@@ -340,3 +340,39 @@ def test_two_clones_at_one_address_fail_the_later_ones_boot_check(testbed, verif
     assert ("stub.ok", winner) in passed and not any(t == bad["target"] for i, t in passed if i.startswith("stub."))
     assert ("boot.ssh", bad["target"]) not in passed and not any(r["id"] == "stub.cross" for r in results)
     assert clones_left(testbed) == []
+
+
+def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, client):
+    """The clone request went out but its UPID never came back (a signal, a cut answer): while the task
+    runs, the clone's config is PVE's temporary ``lock: clone`` one without our marker (qemu-server
+    clone_vm; the simulator does the same). Cleanup waits for the task, then finds the marker and
+    destroys the clone; it never destroys before it has seen the marker."""
+    from nixgold.proxmox.vms import CloneJob, verify_marker
+    from nixgold.verify.clones import CloneRun
+    from nixgold.verify.verifier import Verifier
+
+    config = load_config(testbed.config_path, env={})
+    creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
+                        ca_bundle=str(testbed.ca_path))
+    verifier = Verifier(config, creds, VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
+                        out=io.StringIO(), client=client)
+    vmid = client.next_vmid()
+    job = CloneJob(node="pve", source=TEMPLATE, name="cut-clone", description=verify_marker(verifier.run_id),
+                   vmid=vmid)
+    with testbed.enter():
+        testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=4)
+        try:
+            upid = client.clone("pve", TEMPLATE, vmid, name=job.name, description=job.description)
+            assert client.vm_config("pve", vmid).get("lock") == "clone"
+            job.requested = True  # ... but job.upid never got the answer
+            c = CloneRun(index=0, job=job)
+            t0 = time.monotonic()
+            verifier._destroy(c)
+            assert c.destroyed and client.find_vm(vmid) is None
+            assert time.monotonic() - t0 >= 2  # it waited for the task (4 s) before reading the marker
+            assert client.task_status(upid)["exitstatus"] == "OK"
+        finally:
+            testbed.sim_admin.clear_faults()
+            if client.find_vm(vmid) is not None:
+                client.wait_unlocked("pve", vmid, 60)
+                client.wait_task(client.destroy("pve", vmid), 60)
