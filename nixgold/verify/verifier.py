@@ -618,9 +618,11 @@ class Verifier:
         config = client.vm_config(c.node, c.vmid)
         if config.get("lock") == "clone" and not job.done:
             # A clone task still running (its UPID never reached us: the request was cut by a signal
-            # or an error): PVE's config is then only "lock: clone" (qemu-server clone_vm writes a
-            # temporary config first, the description with our marker at the task's end), so the
-            # marker can be read only once the task has ended.
+            # or an error). qemu-server src/PVE/API2/Qemu.pm clone_vm writes a temporary config
+            # before it forks the task (`file_set_contents($conffile, "# qmclone temporary
+            # file\nlock: clone\n")`: no description, so no marker) and the full one, ours, from the
+            # task (`write_config($newid, $newconf)`, then `delete $newconf->{lock}` at its end):
+            # the marker can be trusted once the lock is gone.
             config = client.wait_unlocked(c.node, c.vmid, LOCK_WAIT)
         if owner_of(config) != Owner("verify", self.run_id):
             self.say(f"vmid {c.vmid} does not carry this run's marker ({self._marker()}): leaving it alone")
