@@ -612,6 +612,64 @@ def test_a_destroy_that_never_started_is_sent_again(testbed, client):
     time.sleep(2.5)
 
 
+def test_destroy_vm_stops_and_destroys_a_vm_whose_start_task_was_under_way(testbed, client):
+    """A start request cut by a signal: its task holds the config lock (QemuServer.pm vm_start runs in
+    lock_config) when destroy_vm reads the status ("stopped"), so the destroy waits for the lock and
+    then finds the VM running ("VM N is running - destroy failed", QemuServer.pm vm_destroy). destroy_vm
+    stops it and destroys it again; before, the VM was left (verify: "clones NOT destroyed")."""
+    from nixgold.proxmox.vms import destroy_vm
+
+    vmid = make_vm(client, 9874, "start-under-way")
+    testbed.sim_admin.slow_task("POST", f"/nodes/pve/qemu/{vmid}/status/start", seconds=3)
+    start = client.start("pve", vmid)
+    try:
+        assert client.vm_status("pve", vmid)["status"] == "stopped"  # the start task sleeps in the lock
+        destroy_vm(client, "pve", vmid, timeout=60)
+        assert client.find_vm(vmid) is None
+        assert client.task_status(start)["exitstatus"] == "OK"  # the start went through: it was stopped
+        failed = [t for t in client.get("nodes/pve/tasks", vmid=vmid, typefilter="qmdestroy", source="all")
+                  if t.get("status") != "OK"]
+        assert [t["status"] for t in failed] == [f"VM {vmid} is running - destroy failed"]  # the race happened
+    finally:
+        if client.find_vm(vmid) is not None:
+            client.wait_task(client.stop("pve", vmid), 60)
+            destroy(client, vmid)
+
+
+def test_a_refresh_copy_whose_earlier_clone_task_still_runs_is_waited_for_not_called_taken(testbed, client):
+    """refresh's full copy (swap.copy_into) retries after an unclear error by looking at the vmid. A clone
+    task of the earlier attempt that still runs shows PVE's bare ``lock: clone`` config there (qemu-server
+    clone_vm writes the description only later): that is waited for, then found to be this run's copy.
+    Before, the bare config read as another's VM ("vmid N was taken by ... meanwhile")."""
+    from nixgold.config.load import load_config
+    from nixgold.refresh.state import ARCHIVE, dump_description, read_vm
+    from nixgold.refresh.swap import SwapContext, copy_into
+    from nixgold.render.manifest import REFRESH_KEY
+
+    notes: list[str] = []
+    ctx = SwapContext(client=client, config=load_config(testbed.config_path, env={}), refresh_id="r9copy",
+                      say=notes.append, task_timeout=60)
+    source = read_vm(client, TEMPLATE, "pve")
+    assert source is not None and source.manifest is not None
+    vmid = client.next_vmid()
+    manifest = {**source.manifest, REFRESH_KEY: {"role": ARCHIVE, "id": "r9copy", "vmid": vmid}}
+    testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=4)
+    seq = last_seq(testbed)
+    try:
+        client.clone("pve", TEMPLATE, vmid, name="copy-under-way", full=True,  # the earlier attempt's task
+                     description=dump_description(manifest))
+        deadline = time.monotonic() + 10
+        while (client.find_vm(vmid) or {}).get("lock") != "clone" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.find_vm(vmid)["lock"] == "clone"
+        done = copy_into(ctx, source, vmid, name="copy-under-way", manifest=manifest, role=ARCHIVE)
+        assert done.vmid == vmid and done.role == ARCHIVE and ctx.ours(done) and not done.locked
+        assert any("still being copied (lock: clone)" in n for n in notes), notes
+        assert len(calls_since(testbed, seq, "POST", r".*/qemu/\d+/clone")) == 1  # no second clone was sent
+    finally:
+        destroy(client, vmid)
+
+
 # ---------------------------------------------------------------------------------- threads
 def test_one_client_serves_many_threads(testbed, client):
     """Two threads make many calls at once through one client: each has its own proxmoxer API object

@@ -121,12 +121,32 @@ def merged_tags(have: str | None, wanted: Iterable[str]) -> str | None:
     return ";".join([*present, *missing]) if missing else None
 
 
-def destroy_vm(client: ProxmoxClient, node: str, vmid: int, *, timeout: float, lock_wait: float = 120.0) -> None:
-    """Stop (if it runs) and destroy a VM with its disks; the caller has proven it is theirs."""
-    client.wait_unlocked(node, vmid, lock_wait)
-    if client.vm_status(node, vmid).get("status") != "stopped":
-        client.wait_task(client.stop(node, vmid), timeout)
-    client.wait_task(client.destroy(node, vmid), timeout)
+def destroy_vm(client: ProxmoxClient, node: str, vmid: int, *, timeout: float, lock_wait: float = 120.0,
+               attempts: int = 3) -> None:
+    """Stop (if it runs) and destroy a VM with its disks; the caller has proven it is theirs.
+
+    A start task under way when the status is read (a start request cut by a signal) makes the VM
+    run only after the read: qemu-server runs the whole start under the config lock (src/PVE/
+    QemuServer.pm vm_start: ``return PVE::QemuConfig->lock_config($vmid, sub { ...``), and the
+    destroy task takes that lock, then repeats its early checks (src/PVE/API2/Qemu.pm destroy_vm:
+    ``# repeat, config might have changed`` -> ``die "VM $vmid is running - destroy failed\n" if
+    PVE::QemuServer::check_running($vmid)``; the POST itself makes the same test first), or gives
+    up on the lock (``can't lock file ... got timeout``). Then the VM is stopped and the destroy sent
+    again, ``attempts`` times in all.
+    """
+    for attempt in range(1, attempts + 1):
+        client.wait_unlocked(node, vmid, lock_wait)
+        if client.vm_status(node, vmid).get("status") != "stopped":
+            client.wait_task(client.stop(node, vmid), timeout)
+        try:
+            client.wait_task(client.destroy(node, vmid), timeout)
+            return
+        except ProxmoxError as exc:
+            if attempt == attempts or not (RUNNING_RE.search(str(exc)) or LOCK_TIMEOUT_RE.search(str(exc))):
+                raise
+
+
+RUNNING_RE = re.compile(r"VM \d+ is running - destroy failed")
 
 
 EXISTS_RE = re.compile(r"unable to create VM (\d+): config file already exists|already exists")

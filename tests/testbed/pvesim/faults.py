@@ -10,7 +10,8 @@ a regex).  It fires on matching call number ``nth`` (1-based) and the
 ``delay_answer``        handle the call normally, then sleep ``seconds`` before answering: the
                         call took effect, the client may time out first (a lost answer)
 ``task_error``          the call returns its UPID but the task ends ``TASK ERROR: message``
-``slow_task``           the task sleeps ``seconds`` in the middle (clone: while ``lock: clone``)
+``slow_task``           the task sleeps ``seconds`` in the middle (clone: while ``lock: clone``;
+                        start: holding the config lock, before QEMU runs)
 ``clone_lock_timeout``  the clone task ends ``clone failed: can't lock file
                         '/var/lock/qemu-server/lock-<newid>.conf' - got timeout``
 ``stuck_lock``          the clone task ends OK but the new VM keeps ``lock: clone``

@@ -927,8 +927,12 @@ class Node:
         return self.tasks.spawn("qmdestroy", str(vmid), ident.authid, worker)
 
     # -------------------------------------------------------------- power
-    def _start_in_task(self, task: Task, vmid: int, params: dict[str, Any]) -> None:
+    def _start_in_task(self, task: Task, vmid: int, params: dict[str, Any], slow: float = 0.0) -> None:
+        """QemuServer.pm vm_start: the whole start runs under the config lock (``lock_config``), so a
+        destroy sent meanwhile waits for it and then finds the VM running (see :meth:`destroy_vm`)."""
         with self.locks.hold(vmid):
+            if slow:
+                task.sleep(slow)  # the fault: a slow start (storage activation, a big guest) in the lock
             conf = self.load(vmid)
             if conf.is_template:
                 raise TaskError("you can't start a vm if it's a template")
@@ -946,11 +950,14 @@ class Node:
             inst = self.runtime.start(vmid, conf.values, task.log, timeout=timeout)
             task.log(f"VM {vmid} started with PID {inst.pid}.")
 
-    def start_vm(self, vmid: int, params: dict[str, Any], ident: Identity) -> Task:
+    def start_vm(self, vmid: int, params: dict[str, Any], ident: Identity, fired: FiredFaults | None = None) -> Task:
         self.load(vmid)
         if params.get("skiplock") and ident.authid != "root@pam":
             raise param_error({"skiplock": "Only root may use this option."})
-        return self.tasks.spawn("qmstart", str(vmid), ident.authid, lambda task: self._start_in_task(task, vmid, params))
+        slow = fired.get("slow_task") if fired is not None else None
+        seconds = float(slow.seconds) if slow is not None else 0.0
+        return self.tasks.spawn("qmstart", str(vmid), ident.authid,
+                                lambda task: self._start_in_task(task, vmid, params, seconds))
 
     def _stop_in_task(self, task: Task, vmid: int, *, shutdown: bool, timeout: float | None, force: bool,
                       skiplock: bool) -> None:

@@ -117,7 +117,7 @@ class TaskManager:
             if err is not None and fail_with is None:
                 fail_with = err.message or "simulated task failure"
             slow = fired.get("slow_task")  # type: ignore[attr-defined]
-            if slow is not None and wtype != "qmclone":  # the clone worker sleeps while 'lock: clone'
+            if slow is not None and wtype not in ("qmclone", "qmstart"):  # those sleep in their lock
                 delay = max(delay, float(slow.seconds))
         ready = threading.Event()
         go = threading.Event()

@@ -148,7 +148,7 @@ def vm_start(ctx: Ctx, p: dict[str, Any]) -> Any:
             from ..errors import param_error
 
             raise param_error({opt: "Only root may use this option."})
-    return ctx.node.start_vm(p["vmid"], p, ctx.ident).text
+    return ctx.node.start_vm(p["vmid"], p, ctx.ident, ctx.fired).text
 
 
 @route("POST", VM + "/status/stop")
