@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import threading
 import time
 import types
 from dataclasses import dataclass, field
@@ -342,6 +343,15 @@ def test_two_clones_at_one_address_fail_the_later_ones_boot_check(testbed, verif
     assert clones_left(testbed) == []
 
 
+def wait_for_clone_lock(client: ProxmoxClient, vmid: int) -> None:
+    """Until the clone task has written its temporary ``lock: clone`` config: qemu-server writes it
+    from the task once it holds the locks (Qemu.pm clone_vm), so not yet when the POST answers."""
+    deadline = time.monotonic() + 10
+    while (client.find_vm(vmid) or {}).get("lock") != "clone" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.vm_config("pve", vmid).get("lock") == "clone"
+
+
 def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, client):
     """The clone request went out but its UPID never came back (a signal, a cut answer): while the task
     runs, the clone's config is PVE's temporary ``lock: clone`` one without our marker (qemu-server
@@ -363,7 +373,7 @@ def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, clien
         testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=4)
         try:
             upid = client.clone("pve", TEMPLATE, vmid, name=job.name, description=job.description)
-            assert client.vm_config("pve", vmid).get("lock") == "clone"
+            wait_for_clone_lock(client, vmid)
             job.requested = True  # ... but job.upid never got the answer
             c = CloneRun(index=0, job=job)
             t0 = time.monotonic()
@@ -376,3 +386,64 @@ def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, clien
             if client.find_vm(vmid) is not None:
                 client.wait_unlocked("pve", vmid, 60)
                 client.wait_task(client.destroy("pve", vmid), 60)
+
+
+def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(testbed, client):
+    """The same cut clone request, but the clone task fails while cleanup waits for its lock: qemu-server
+    removes the clone's config on its error path (Qemu.pm clone_vm: ``unlink $conffile; # avoid races
+    -> last thing before die``), so the wait meets "does not exist". Nothing is left, so the clone is
+    destroyed, not one to "remove by hand"."""
+    from nixgold.proxmox.vms import CloneJob, verify_marker
+    from nixgold.verify.clones import CloneRun
+    from nixgold.verify.verifier import Verifier
+
+    config = load_config(testbed.config_path, env={})
+    creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
+                        ca_bundle=str(testbed.ca_path))
+    verifier = Verifier(config, creds, VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
+                        out=io.StringIO(), client=client)
+    vmid = client.next_vmid()
+    job = CloneJob(node="pve", source=TEMPLATE, name="failing-clone", description=verify_marker(verifier.run_id),
+                   vmid=vmid, requested=True)
+    with testbed.enter():
+        testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=30)
+        try:
+            upid = client.clone("pve", TEMPLATE, vmid, name=job.name, description=job.description)
+            wait_for_clone_lock(client, vmid)
+            c = CloneRun(index=0, job=job)
+            stopper = threading.Timer(2.0, lambda: client.delete(f"nodes/pve/tasks/{upid}"))  # the task fails
+            stopper.start()
+            verifier._destroy(c)
+            stopper.join()
+            assert c.destroyed and client.find_vm(vmid) is None
+            assert client.task_status(upid)["exitstatus"] != "OK"  # it failed: nothing was there to destroy
+        finally:
+            testbed.sim_admin.clear_faults()
+            if client.find_vm(vmid) is not None:
+                client.wait_unlocked("pve", vmid, 60)
+                client.wait_task(client.destroy("pve", vmid), 60)
+
+
+def test_an_interrupted_run_says_why_a_clone_was_not_destroyed_and_how_to_remove_it(testbed, client):
+    """After a signal the verdict names the clones left and, under it, each cleanup error with its
+    `qm` commands (they were dropped before: "clones NOT destroyed: 100" and nothing else)."""
+    from nixgold.errors import Interrupted
+    from nixgold.proxmox.vms import CloneJob
+    from nixgold.verify.clones import CloneRun
+    from nixgold.verify.report import VerifyReport
+    from nixgold.verify.verifier import Verifier
+
+    config = load_config(testbed.config_path, env={})
+    creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
+                        ca_bundle=str(testbed.ca_path))
+    verifier = Verifier(config, creds, VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
+                        out=io.StringIO(), client=client)
+    verifier.clones = [CloneRun(index=0, job=CloneJob(node="pve", source=TEMPLATE, name="left", vmid=100,
+                                                      requested=True, done=True))]
+    error = ("could not destroy clone 100 (left): task UPID:pve:1:2:3:qmdestroy:100:x: failed: VM 100 is running"
+             " - destroy failed\n  remove it by hand: qm stop 100; qm destroy 100 --purge 1 --destroy-unreferenced-disks 1")
+    report = VerifyReport(template={}, profile="generic", clone_mode="linked", started_at="now")
+    out = verifier._verdict(report, Interrupted("SIGTERM"), [error])
+    assert isinstance(out, Interrupted) and report.exit_code == ExitCode.INTERRUPTED
+    assert report.error.startswith("interrupted by SIGINT; clones NOT destroyed: 100\n")
+    assert report.error.endswith(error) and str(out) == report.error

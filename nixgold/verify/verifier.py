@@ -260,9 +260,11 @@ class Verifier:
             report.outcome, report.exit_code = "interrupted", int(ExitCode.INTERRUPTED)
             left = [str(c.vmid) for c in self.clones if c.job.requested and not c.destroyed and not c.kept]
             kept = [str(c.vmid) for c in self.clones if c.kept]
-            report.error = (f"interrupted by {self.cancel.interrupted_by or 'SIGINT'}; "
-                            + (f"clones NOT destroyed: {', '.join(left)}" if left else
-                               f"clones kept (--keep): {', '.join(kept)}" if kept else "every clone was destroyed"))
+            report.error = self.redact(
+                f"interrupted by {self.cancel.interrupted_by or 'SIGINT'}; "
+                + (f"clones NOT destroyed: {', '.join(left)}" if left else
+                   f"clones kept (--keep): {', '.join(kept)}" if kept else "every clone was destroyed")
+                + "".join(f"\n{e}" for e in cleanup_errors))  # why each was not, and how to remove it
             return Interrupted(report.error)
         if error is not None or cleanup_errors:
             message = "\n".join(([str(error)] if error is not None else []) + cleanup_errors)
@@ -618,12 +620,21 @@ class Verifier:
         config = client.vm_config(c.node, c.vmid)
         if config.get("lock") == "clone" and not job.done:
             # A clone task still running (its UPID never reached us: the request was cut by a signal
-            # or an error). qemu-server src/PVE/API2/Qemu.pm clone_vm writes a temporary config
-            # before it forks the task (`file_set_contents($conffile, "# qmclone temporary
-            # file\nlock: clone\n")`: no description, so no marker) and the full one, ours, from the
-            # task (`write_config($newid, $newconf)`, then `delete $newconf->{lock}` at its end):
-            # the marker can be trusted once the lock is gone.
-            config = client.wait_unlocked(c.node, c.vmid, LOCK_WAIT)
+            # or an error). qemu-server src/PVE/API2/Qemu.pm clone_vm: the task, once it holds the
+            # locks, writes a temporary config (`file_set_contents($conffile, "# qmclone temporary
+            # file\nlock: clone\n")`: no description, so no marker), then ours, still locked, after
+            # each disk (`write_config($newid, $newconf)`), and at its end without the lock (`delete
+            # $newconf->{lock}`, `write_config`): the marker can be trusted once the lock is gone.
+            # Bounded like the clone task itself (task_timeout: a full clone on slow storage outlasts
+            # LOCK_WAIT). A clone task that fails meanwhile removes the config (clone_vm's error
+            # path: `unlink $conffile; # avoid races -> last thing before die`): gone is destroyed.
+            try:
+                config = client.wait_unlocked(c.node, c.vmid, self.task_timeout)
+            except ProxmoxError:
+                if client.find_vm(c.vmid) is None:
+                    c.destroyed = True
+                    return
+                raise
         if owner_of(config) != Owner("verify", self.run_id):
             self.say(f"vmid {c.vmid} does not carry this run's marker ({self._marker()}): leaving it alone")
             return
