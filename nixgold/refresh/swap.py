@@ -178,7 +178,7 @@ def copy_into(ctx: SwapContext, source: VmState, vmid: int, *, name: str, manife
     """
     description = dump_description(manifest)
     for attempt in range(1, ATTEMPTS + 1):
-        there = read_vm(ctx.client, vmid, ctx.node)
+        there = settle(ctx, vmid)  # an earlier attempt's clone task may still run: its config has no record yet
         if there is not None:
             if there.role == role and ctx.ours(there):
                 ctx.client.wait_unlocked(there.node, vmid, LOCK_WAIT)
