@@ -762,7 +762,7 @@ class Node:
                     self._clone_locked(task, vmid, newid, params, load_and_check, slow.seconds if slow else 0.0,
                                        bool(stuck))
 
-        return self.tasks.spawn("qmclone", str(vmid), ident.authid, worker)
+        return self.tasks.spawn("qmclone", str(vmid), ident.authid, worker, sleeps_itself=True)
 
     def _clone_locked(self, task: Task, vmid: int, newid: int, params: dict[str, Any],
                       load_and_check: Callable[[], tuple[VMConf, bool]], slow: float, stuck: bool) -> None:
@@ -957,12 +957,18 @@ class Node:
         slow = fired.get("slow_task") if fired is not None else None
         seconds = float(slow.seconds) if slow is not None else 0.0
         return self.tasks.spawn("qmstart", str(vmid), ident.authid,
-                                lambda task: self._start_in_task(task, vmid, params, seconds))
+                                lambda task: self._start_in_task(task, vmid, params, seconds), sleeps_itself=True)
 
     def _stop_in_task(self, task: Task, vmid: int, *, shutdown: bool, timeout: float | None, force: bool,
                       skiplock: bool) -> None:
-        """QemuServer.pm:6233-6312 _do_vm_stop (PVE holds the config lock throughout; the simulator
-        takes it only to commit pending changes)."""
+        """QemuServer.pm vm_stop -> _do_vm_stop, under the config lock throughout (``PVE::QemuConfig->
+        lock_config($vmid, sub { _do_vm_stop(...) })``): a stop sent while a start holds the lock
+        waits for it (and gives up after the lock's 10 s: ``can't lock file ... got timeout``)."""
+        with self.locks.hold(vmid):
+            self._stop_locked(task, vmid, shutdown=shutdown, timeout=timeout, force=force, skiplock=skiplock)
+
+    def _stop_locked(self, task: Task, vmid: int, *, shutdown: bool, timeout: float | None, force: bool,
+                     skiplock: bool) -> None:
         conf = self.load(vmid)
         if not skiplock and conf.lock not in (None, "backup", "suspended"):
             self.check_lock(conf)

@@ -109,15 +109,18 @@ class TaskManager:
 
     def spawn(self, wtype: str, wid: str, user: str, worker: Worker, *, fail_with: str | None = None,
               delay: float = 0.0, on_done: Callable[[Task], None] | None = None,
-              on_injected_failure: Callable[[], None] | None = None) -> Task:
-        """Start ``worker(task)`` in a thread and return the task once its UPID exists."""
+              on_injected_failure: Callable[[], None] | None = None, sleeps_itself: bool = False) -> Task:
+        """Start ``worker(task)`` in a thread and return the task once its UPID exists.
+
+        A ``slow_task`` fault delays the worker's start, unless ``sleeps_itself``: the worker sleeps
+        where the real task is slow (clone: under ``lock: clone``; start: holding the config lock)."""
         fired = REQUEST_FAULTS.get()
         if fired is not None:
             err = fired.get("task_error")  # type: ignore[attr-defined]
             if err is not None and fail_with is None:
                 fail_with = err.message or "simulated task failure"
             slow = fired.get("slow_task")  # type: ignore[attr-defined]
-            if slow is not None and wtype not in ("qmclone", "qmstart"):  # those sleep in their lock
+            if slow is not None and not sleeps_itself:
                 delay = max(delay, float(slow.seconds))
         ready = threading.Event()
         go = threading.Event()
