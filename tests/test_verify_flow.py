@@ -29,6 +29,7 @@ from nixgold.verify.clones import boot_disk, clone_name, net0_mac
 from nixgold.units import parse_size
 from nixgold.proxmox.vms import split_tags
 from tests.helpers.check_stubs import start_checks_with
+from tests.helpers.pve import wait_for_clone_lock
 
 TEMPLATE = 9004
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
@@ -343,15 +344,6 @@ def test_two_clones_at_one_address_fail_the_later_ones_boot_check(testbed, verif
     assert clones_left(testbed) == []
 
 
-def wait_for_clone_lock(client: ProxmoxClient, vmid: int) -> None:
-    """Until the clone task has written its temporary ``lock: clone`` config: qemu-server writes it
-    from the task once it holds the locks (Qemu.pm clone_vm), so not yet when the POST answers."""
-    deadline = time.monotonic() + 10
-    while (client.find_vm(vmid) or {}).get("lock") != "clone" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert client.vm_config("pve", vmid).get("lock") == "clone"
-
-
 def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, client):
     """The clone request went out but its UPID never came back (a signal, a cut answer): while the task
     runs, the clone's config is PVE's temporary ``lock: clone`` one without our marker (qemu-server
@@ -443,7 +435,7 @@ def test_an_interrupted_run_says_why_a_clone_was_not_destroyed_and_how_to_remove
     error = ("could not destroy clone 100 (left): task UPID:pve:1:2:3:qmdestroy:100:x: failed: VM 100 is running"
              " - destroy failed\n  remove it by hand: qm stop 100; qm destroy 100 --purge 1 --destroy-unreferenced-disks 1")
     report = VerifyReport(template={}, profile="generic", clone_mode="linked", started_at="now")
-    out = verifier._verdict(report, Interrupted("SIGTERM"), [error])
+    out = verifier._verdict(report, Interrupted("SIGINT"), [error])  # no signal counted: named SIGINT
     assert isinstance(out, Interrupted) and report.exit_code == ExitCode.INTERRUPTED
     assert report.error.startswith("interrupted by SIGINT; clones NOT destroyed: 100\n")
     assert report.error.endswith(error) and str(out) == report.error

@@ -127,26 +127,53 @@ def destroy_vm(client: ProxmoxClient, node: str, vmid: int, *, timeout: float, l
 
     A start task under way when the status is read (a start request cut by a signal) makes the VM
     run only after the read: qemu-server runs the whole start under the config lock (src/PVE/
-    QemuServer.pm vm_start: ``return PVE::QemuConfig->lock_config($vmid, sub { ...``), and the
-    destroy task takes that lock, then repeats its early checks (src/PVE/API2/Qemu.pm destroy_vm:
-    ``# repeat, config might have changed`` -> ``die "VM $vmid is running - destroy failed\n" if
-    PVE::QemuServer::check_running($vmid)``; the POST itself makes the same test first), or gives
-    up on the lock (``can't lock file ... got timeout``). Then the VM is stopped and the destroy sent
-    again, ``attempts`` times in all.
-    """
+    QemuServer.pm vm_start: ``return PVE::QemuConfig->lock_config(`` around it), and the destroy
+    task takes that lock, then runs its early checks again (src/PVE/API2/Qemu.pm destroy_vm: ``#
+    repeat, config might have changed``, among them ``die "VM $vmid is running - destroy
+    failed\n" if PVE::QemuServer::check_running($vmid)``; the DELETE request makes them first). A
+    stop waits for the same lock (QemuServer.pm vm_stop: ``lock_config`` around ``_do_vm_stop``),
+    and either gives up on it after its timeout (``can't lock file ... got timeout``). Then the VM
+    is stopped and destroyed again, ``attempts`` times in all; gone meanwhile is done."""
     for attempt in range(1, attempts + 1):
-        client.wait_unlocked(node, vmid, lock_wait)
-        if client.vm_status(node, vmid).get("status") != "stopped":
-            client.wait_task(client.stop(node, vmid), timeout)
+        if attempt > 1 and client.find_vm(vmid) is None:
+            return
         try:
+            client.wait_unlocked(node, vmid, lock_wait)
+            if client.vm_status(node, vmid).get("status") != "stopped":
+                client.wait_task(client.stop(node, vmid), timeout)
             client.wait_task(client.destroy(node, vmid), timeout)
             return
         except ProxmoxError as exc:
-            if attempt == attempts or not (RUNNING_RE.search(str(exc)) or LOCK_TIMEOUT_RE.search(str(exc))):
+            # a task's own error line, not its log: a storage warning there may say "got timeout"
+            why = exc.exitstatus if isinstance(exc, ProxmoxTaskError) else str(exc)
+            if attempt == attempts or not (RUNNING_RE.search(why) or LOCK_TIMEOUT_RE.search(why)):
                 raise
 
 
 RUNNING_RE = re.compile(r"VM \d+ is running - destroy failed")
+
+
+def settled_config(client: ProxmoxClient, node: str, vmid: int, timeout: float,
+                   say: Callable[[str], None] = lambda s: None) -> dict[str, Any] | None:
+    """The config of ``vmid`` once no clone task writes it any more; None: no such VM.
+
+    qemu-server src/PVE/API2/Qemu.pm clone_vm: the task, once it holds the locks, writes a temporary
+    config (``file_set_contents($conffile, "# qmclone temporary file\nlock: clone\n")``: no name,
+    no description, so no owner), then the VM's own, still locked, after each disk
+    (``write_config($newid, $newconf)``), and at its end without the lock (``delete
+    $newconf->{lock}``, ``write_config``). A clone task that fails removes the config (``unlink
+    $conffile; # avoid races -> last thing before die``): gone, then, is None too. Waits at most
+    ``timeout`` (a clone task's own bound: a full copy on slow storage takes long)."""
+    try:
+        config = client.vm_config(node, vmid)
+        if config.get("lock") != "clone":
+            return config
+        say(f"VM {vmid} is still being cloned (lock: clone): waiting for its clone task")
+        return client.wait_unlocked(node, vmid, timeout)
+    except ProxmoxError:
+        if client.find_vm(vmid) is None:
+            return None
+        raise
 
 
 EXISTS_RE = re.compile(r"unable to create VM (\d+): config file already exists|already exists")

@@ -35,7 +35,7 @@ from typing import Any, Callable
 from nixgold.config.model import Config
 from nixgold.errors import NotPromoted, ProxmoxError, ProxmoxTaskError
 from nixgold.proxmox.client import ProxmoxClient
-from nixgold.proxmox.vms import destroy_vm, linked_clone_map
+from nixgold.proxmox.vms import destroy_vm, linked_clone_map, settled_config
 from nixgold.refresh.state import (
     ARCHIVE,
     ARCHIVE_TAG,
@@ -173,8 +173,9 @@ def copy_into(ctx: SwapContext, source: VmState, vmid: int, *, name: str, manife
     """Full clone ``source`` -> ``vmid`` carrying ``manifest`` (with our record) from its first moment.
 
     A failed attempt (an API error, a lock timeout, a failed task) is retried only after looking
-    at ``vmid``: absent -> clone again; present with this run's record -> the clone went through
-    (its task may still run: wait for the VM's lock to go); anything else there -> stop.
+    at ``vmid`` once no clone task writes it (:func:`settle`): absent -> clone again; present with
+    this run's record -> the clone went through (wait for any other lock of it to go); anything
+    else there -> stop.
     """
     description = dump_description(manifest)
     for attempt in range(1, ATTEMPTS + 1):
@@ -346,16 +347,12 @@ def promoted_manifest(ctx: SwapContext, source: VmState, plan: dict[str, Any], *
 def settle(ctx: SwapContext, vmid: int) -> VmState | None:
     """The VM at ``vmid`` once no clone task writes it any more (PVE's clone target is a bare
     ``lock: clone`` config until the copy is done; a crashed run's clone task may still run)."""
-    vm = read_vm(ctx.client, vmid, ctx.node)
-    if vm is not None and vm.locked == "clone":
-        ctx.say(f"{vmid} is still being copied (lock: clone): waiting for that task")
-        try:
-            ctx.client.wait_unlocked(vm.node, vmid, ctx.task_timeout)
-        except ProxmoxError:
-            if read_vm(ctx.client, vmid, ctx.node) is not None:
-                raise
-        vm = read_vm(ctx.client, vmid, ctx.node)
-    return vm
+    res = ctx.client.find_vm(vmid)
+    if res is None:
+        return None
+    node = str(res.get("node") or ctx.node)
+    config = settled_config(ctx.client, node, vmid, ctx.task_timeout, say=ctx.say)
+    return None if config is None else VmState(vmid, node, config)
 
 
 def promote(ctx: SwapContext, view: View, source: VmState, plan: dict[str, Any]) -> Promotion:

@@ -48,7 +48,16 @@ from nixgold.errors import ExitCode, Interrupted, NixgoldError, ProxmoxError, Pr
 from nixgold.progress import Progress
 from nixgold.proxmox.agent import agent_addresses
 from nixgold.proxmox.client import ProxmoxClient
-from nixgold.proxmox.vms import LINKED_REFUSED_RE, CloneJob, Owner, destroy_vm, owner_of, run_clone, verify_marker
+from nixgold.proxmox.vms import (
+    LINKED_REFUSED_RE,
+    CloneJob,
+    Owner,
+    destroy_vm,
+    owner_of,
+    run_clone,
+    settled_config,
+    verify_marker,
+)
 from nixgold.secrets import Redactor
 from nixgold.signals import Cancel, Cancelled, handle_signals
 from nixgold.text import one_line
@@ -612,29 +621,17 @@ class Verifier:
                 pass  # a failed clone task cleans up after itself
             job.upid = None
         res = client.find_vm(c.vmid)
-        if res is None:
+        # Only a VM that carries this run's marker is ours (also when the clone request's outcome is
+        # unknown, or another client took the vmid meanwhile). A clone task still running whose UPID
+        # never reached us (the request cut by a signal or an error) shows PVE's temporary config,
+        # without the marker (settled_config): its marker is read once that task is done.
+        config = None if res is None else settled_config(
+            client, c.node, c.vmid, LOCK_WAIT if job.done else self.task_timeout, say=self.say)
+        if config is None:  # never made, or the clone task failed and PVE removed it
+            if res is not None:
+                self.say(f"clone {c.vmid}: its clone task failed and PVE removed what it had made")
             c.destroyed = True
             return
-        # Only a VM that carries this run's marker is ours (also when the clone request's outcome is
-        # unknown, or another client took the vmid meanwhile).
-        config = client.vm_config(c.node, c.vmid)
-        if config.get("lock") == "clone" and not job.done:
-            # A clone task still running (its UPID never reached us: the request was cut by a signal
-            # or an error). qemu-server src/PVE/API2/Qemu.pm clone_vm: the task, once it holds the
-            # locks, writes a temporary config (`file_set_contents($conffile, "# qmclone temporary
-            # file\nlock: clone\n")`: no description, so no marker), then ours, still locked, after
-            # each disk (`write_config($newid, $newconf)`), and at its end without the lock (`delete
-            # $newconf->{lock}`, `write_config`): the marker can be trusted once the lock is gone.
-            # Bounded like the clone task itself (task_timeout: a full clone on slow storage outlasts
-            # LOCK_WAIT). A clone task that fails meanwhile removes the config (clone_vm's error
-            # path: `unlink $conffile; # avoid races -> last thing before die`): gone is destroyed.
-            try:
-                config = client.wait_unlocked(c.node, c.vmid, self.task_timeout)
-            except ProxmoxError:
-                if client.find_vm(c.vmid) is None:
-                    c.destroyed = True
-                    return
-                raise
         if owner_of(config) != Owner("verify", self.run_id):
             self.say(f"vmid {c.vmid} does not carry this run's marker ({self._marker()}): leaving it alone")
             return
