@@ -36,7 +36,7 @@ from nixgold.proxmox.client import (
 )
 from nixgold.proxmox.agent import agent_addresses
 from tests.helpers.check_stubs import start_checks_with
-from tests.helpers.pve import wait_for_clone_lock
+from tests.helpers.pve import bed_creds, wait_for_clone_lock
 from tests.testbed.pvesim.errors import ApiError
 from tests.testbed.pvesim.schema import load_schema
 
@@ -115,13 +115,6 @@ def fake_client(answer: Callable[[str, str, dict[str, Any]], Any] = lambda m, p,
     creds = Credentials(url="https://pve.example:8006/api2/json", token_id="nixgold@pve!t", token_secret="s3cret")
     kw.setdefault("retry", FAST)
     return ProxmoxClient(creds, api=rec, sleep=lambda s: None, **kw), rec
-
-
-def bed_creds(testbed: Any, **overrides: Any) -> Credentials:
-    values = {"url": testbed.url, "token_id": testbed.token_id, "token_secret": testbed.token_secret,
-              "ca_bundle": str(testbed.ca_path)}
-    values.update(overrides)
-    return Credentials(**values)
 
 
 def calls_since(testbed: Any, seq: int, method: str, pattern: str) -> list[dict[str, Any]]:

@@ -18,18 +18,17 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from nixgold.config.credentials import Credentials
 from nixgold.config.load import load_config
 from nixgold.errors import ExitCode, ProxmoxError
 from nixgold.progress import Progress
 from nixgold.proxmox.client import ProxmoxClient, RetryPolicy
-from nixgold.verify.verifier import ChecksFailed, VerifyOptions, run_verify
+from nixgold.verify.verifier import ChecksFailed, Verifier, VerifyOptions, run_verify
 from nixgold.verify.select import TemplateSelectionError, resolve_template
 from nixgold.verify.clones import boot_disk, clone_name, net0_mac
 from nixgold.units import parse_size
 from nixgold.proxmox.vms import split_tags
 from tests.helpers.check_stubs import start_checks_with
-from tests.helpers.pve import wait_for_clone_lock
+from tests.helpers.pve import bed_creds, wait_for_clone_lock
 
 TEMPLATE = 9004
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
@@ -64,8 +63,7 @@ def test_sizes_macs_and_tags():
 @pytest.fixture
 def client(testbed) -> Iterator[ProxmoxClient]:
     with testbed.enter():
-        yield ProxmoxClient(Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
-                                        ca_bundle=str(testbed.ca_path)), retry=FAST)
+        yield ProxmoxClient(bed_creds(testbed), retry=FAST)
 
 
 def manifest(vmid: int, build_time: str | None) -> str:
@@ -197,8 +195,7 @@ def verify_env(testbed, monkeypatch, tmp_path) -> Iterator[Callable[..., Any]]:
         overrides = dict(s.split("=", 1) for s in sets)
         overrides = {k: (int(v) if v.isdigit() else v) for k, v in overrides.items()}
         config = load_config(testbed.config_path, overrides=overrides, env={})
-        creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
-                            ca_bundle=str(testbed.ca_path))
+        creds = bed_creds(testbed)
         err, out = io.StringIO(), io.StringIO()
         options.setdefault("json_path", tmp_path / "verify.json")
         with testbed.enter():
@@ -344,6 +341,19 @@ def test_two_clones_at_one_address_fail_the_later_ones_boot_check(testbed, verif
     assert clones_left(testbed) == []
 
 
+def bed_verifier(testbed, client: ProxmoxClient) -> Verifier:
+    """A Verifier of template ``TEMPLATE`` on the bed, to call its cleanup and verdict directly."""
+    return Verifier(load_config(testbed.config_path, env={}), bed_creds(testbed), VerifyOptions(vmid=TEMPLATE),
+                    progress=Progress(stream=io.StringIO()), out=io.StringIO(), client=client)
+
+
+def remove_if_left(client: ProxmoxClient, vmid: int) -> None:
+    """What a cleanup test's clone left on the shared bed (none when the test passed)."""
+    if client.find_vm(vmid) is not None:
+        client.wait_unlocked("pve", vmid, 60)
+        client.wait_task(client.destroy("pve", vmid), 60)
+
+
 def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, client):
     """The clone request went out but its UPID never came back (a signal, a cut answer): while the task
     runs, the clone's config is PVE's temporary ``lock: clone`` one without our marker (qemu-server
@@ -351,13 +361,8 @@ def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, clien
     destroys the clone; it never destroys before it has seen the marker."""
     from nixgold.proxmox.vms import CloneJob, verify_marker
     from nixgold.verify.clones import CloneRun
-    from nixgold.verify.verifier import Verifier
 
-    config = load_config(testbed.config_path, env={})
-    creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
-                        ca_bundle=str(testbed.ca_path))
-    verifier = Verifier(config, creds, VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
-                        out=io.StringIO(), client=client)
+    verifier = bed_verifier(testbed, client)
     vmid = client.next_vmid()
     job = CloneJob(node="pve", source=TEMPLATE, name="cut-clone", description=verify_marker(verifier.run_id),
                    vmid=vmid)
@@ -375,9 +380,7 @@ def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, clien
             assert client.task_status(upid)["exitstatus"] == "OK"
         finally:
             testbed.sim_admin.clear_faults()
-            if client.find_vm(vmid) is not None:
-                client.wait_unlocked("pve", vmid, 60)
-                client.wait_task(client.destroy("pve", vmid), 60)
+            remove_if_left(client, vmid)
 
 
 def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(testbed, client):
@@ -387,13 +390,8 @@ def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(t
     destroyed, not one to "remove by hand"."""
     from nixgold.proxmox.vms import CloneJob, verify_marker
     from nixgold.verify.clones import CloneRun
-    from nixgold.verify.verifier import Verifier
 
-    config = load_config(testbed.config_path, env={})
-    creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
-                        ca_bundle=str(testbed.ca_path))
-    verifier = Verifier(config, creds, VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
-                        out=io.StringIO(), client=client)
+    verifier = bed_verifier(testbed, client)
     vmid = client.next_vmid()
     job = CloneJob(node="pve", source=TEMPLATE, name="failing-clone", description=verify_marker(verifier.run_id),
                    vmid=vmid, requested=True)
@@ -411,9 +409,7 @@ def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(t
             assert client.task_status(upid)["exitstatus"] != "OK"  # it failed: nothing was there to destroy
         finally:
             testbed.sim_admin.clear_faults()
-            if client.find_vm(vmid) is not None:
-                client.wait_unlocked("pve", vmid, 60)
-                client.wait_task(client.destroy("pve", vmid), 60)
+            remove_if_left(client, vmid)
 
 
 def test_an_interrupted_run_says_why_a_clone_was_not_destroyed_and_how_to_remove_it(testbed, client):
@@ -423,13 +419,8 @@ def test_an_interrupted_run_says_why_a_clone_was_not_destroyed_and_how_to_remove
     from nixgold.proxmox.vms import CloneJob
     from nixgold.verify.clones import CloneRun
     from nixgold.verify.report import VerifyReport
-    from nixgold.verify.verifier import Verifier
 
-    config = load_config(testbed.config_path, env={})
-    creds = Credentials(url=testbed.url, token_id=testbed.token_id, token_secret=testbed.token_secret,
-                        ca_bundle=str(testbed.ca_path))
-    verifier = Verifier(config, creds, VerifyOptions(vmid=TEMPLATE), progress=Progress(stream=io.StringIO()),
-                        out=io.StringIO(), client=client)
+    verifier = bed_verifier(testbed, client)
     verifier.clones = [CloneRun(index=0, job=CloneJob(node="pve", source=TEMPLATE, name="left", vmid=100,
                                                       requested=True, done=True))]
     error = ("could not destroy clone 100 (left): task UPID:pve:1:2:3:qmdestroy:100:x: failed: VM 100 is running"
