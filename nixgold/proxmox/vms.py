@@ -131,9 +131,9 @@ def destroy_vm(client: ProxmoxClient, node: str, vmid: int, *, timeout: float, l
     task takes that lock, then runs its early checks again (src/PVE/API2/Qemu.pm destroy_vm: ``#
     repeat, config might have changed``, among them ``die "VM $vmid is running - destroy
     failed\n" if PVE::QemuServer::check_running($vmid)``; the DELETE request makes them first). A
-    stop waits for the same lock (QemuServer.pm vm_stop: ``lock_config`` around ``_do_vm_stop``),
-    and either gives up on it after its timeout (``can't lock file ... got timeout``). Then the VM
-    is stopped and destroyed again, ``attempts`` times in all; gone meanwhile is done."""
+    stop waits for the same lock (QemuServer.pm vm_stop: ``lock_config`` around ``_do_vm_stop``).
+    Either may also give up on the lock (``can't lock file ... got timeout``). Then the VM is
+    stopped and destroyed again, ``attempts`` times in all; gone meanwhile is done."""
     for attempt in range(1, attempts + 1):
         if attempt > 1 and client.find_vm(vmid) is None:
             return

@@ -186,7 +186,7 @@ def copy_into(ctx: SwapContext, source: VmState, vmid: int, *, name: str, manife
                 done = read_vm(ctx.client, vmid, ctx.node)
                 if done is not None:
                     return done
-                continue  # the clone task failed and PVE removed it: clone again
+                continue  # removed while another lock of it went: clone again
             raise ProxmoxError(f"vmid {vmid} was taken by {there.describe()} meanwhile; nothing was copied there")
         try:
             upid = ctx.client.clone(source.node, source.vmid, vmid, name=name, full=True, description=description)
