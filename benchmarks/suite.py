@@ -16,6 +16,12 @@ time the same work needs with every core busy (busy core-seconds / cores). The s
 when that floor is close to the wall time; then only less work (fewer or cheaper guest boots) makes
 it faster. Other work on the machine (another run's guests too) counts in the machine's figure.
 
+The guests' core-seconds are also split by test file: this file is loaded into pytest as a plugin
+(``-p benchmarks.suite``) that writes when each test (setup, call, teardown: its module fixtures'
+boots included) ran on which worker; each guest is charged to the test file its worker was running
+when the guest started (its command line names the worker's basetemp, ``popen-gwN``). The figure
+says which files' boots a change must cut; a guest started outside every test counts as "outside".
+
 ``--write-weights``: after a run that passed, record every module's time in
 ``tests/file-weights.json``; ``tests/conftest.py`` hands the files to the workers heaviest first.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -34,11 +41,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SUITE_S = 20 * 60
 GOAL_FAST_S = 2 * 60
 WEIGHTS = REPO / "tests" / "file-weights.json"
 
+
+EVENTS_ENV = "NIXGOLD_SUITE_EVENTS"  # the plugin's directory: one <worker>.tsv of test spans each
+WORKER_RE = re.compile(r"popen-(gw\d+)")  # a guest's worker, from the basetemp in its command line
+OUTSIDE = "(outside every test)"
 
 GUEST_COMM = "qemu-system-x86"  # /proc/<pid>/stat's comm: the first 15 bytes of qemu-system-x86_64
 
@@ -70,6 +83,7 @@ class CpuSampler:
     marker: str = ""
     baseline: dict[tuple[int, int], int] = field(default_factory=dict)
     latest: dict[tuple[int, int], int] = field(default_factory=dict)
+    workers: dict[tuple[int, int], str] = field(default_factory=dict)  # (pid, start) -> "gw0", "" if none
 
     def snapshot(self) -> dict[tuple[int, int], int]:
         guests = {}
@@ -78,17 +92,28 @@ class CpuSampler:
                 comm, ticks, start = process_ticks(stat.read_text())
             except (OSError, ValueError, IndexError):
                 continue  # gone between glob and read, or not a process
-            if comm == GUEST_COMM and self.ours(stat.parent):
-                guests[(int(stat.parent.name), start)] = ticks
+            key = (int(stat.parent.name), start)
+            if comm == GUEST_COMM and (key in self.workers or self.ours(stat.parent, key)):
+                guests[key] = ticks
         return guests
 
-    def ours(self, pid_dir: Path) -> bool:
-        if not self.marker:
-            return True
+    def ours(self, pid_dir: Path, key: tuple[int, int]) -> bool:
+        """Whether the qemu at ``pid_dir`` is this run's (its command line names ``marker``); if so, its
+        worker is remembered (read once per process)."""
         try:
-            return self.marker.encode() in (pid_dir / "cmdline").read_bytes()
+            cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             return False
+        if self.marker and self.marker not in cmdline:
+            return False
+        m = WORKER_RE.search(cmdline)
+        self.workers[key] = m.group(1) if m else ""
+        return True
+
+    def guests(self) -> list[tuple[str, int, int]]:
+        """(worker, start in clock ticks since boot, ticks during the run) of every guest started in the run."""
+        return [(self.workers.get(key, ""), key[1], ticks) for key, ticks in self.latest.items()
+                if key not in self.baseline]
 
     def sample(self) -> None:
         self.latest.update(self.snapshot())
@@ -116,6 +141,42 @@ class CpuSampler:
             done.set()
             thread.join()
             self.sample()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):  # noqa: ANN001, ANN201 - a pytest hook (-p benchmarks.suite)
+    """Record the span of each test (setup + call + teardown) in ``$NIXGOLD_SUITE_EVENTS/<worker>.tsv``:
+    start, end (CLOCK_BOOTTIME seconds, the clock of /proc/<pid>/stat's starttime), node id."""
+    events = os.environ.get(EVENTS_ENV)
+    start = time.clock_gettime(time.CLOCK_BOOTTIME)
+    yield
+    if events:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(Path(events) / f"{worker}.tsv", "a") as f:
+            f.write(f"{start:.3f}\t{time.clock_gettime(time.CLOCK_BOOTTIME):.3f}\t{item.nodeid}\n")
+
+
+def read_spans(events: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """The plugin's test spans per worker: {"gw0": [(start, end, node id), ...]}."""
+    spans: dict[str, list[tuple[float, float, str]]] = {}
+    for path in sorted(events.glob("*.tsv")):
+        for line in path.read_text().splitlines():
+            start, end, node = line.split("\t", 2)
+            spans.setdefault(path.stem, []).append((float(start), float(end), node))
+    return spans
+
+
+def guests_by_module(guests: list[tuple[str, int, int]], spans: dict[str, list[tuple[float, float, str]]],
+                     tick: int) -> dict[str, tuple[int, int]]:
+    """{test file: (guests started, their ticks)}: each guest charged to the test its worker ran when the
+    guest started (start in ticks since boot, as ``spans``' seconds), else to :data:`OUTSIDE`."""
+    out: dict[str, tuple[int, int]] = {}
+    for worker, start, ticks in guests:
+        at = start / tick
+        module = next((node.split("::", 1)[0] for s, e, node in spans.get(worker, []) if s <= at <= e), OUTSIDE)
+        count, total = out.get(module, (0, 0))
+        out[module] = (count + 1, total + ticks)
+    return out
 
 
 def cpu_lines(busy_s: float, total_s: float, guest_s: float, guests: int, wall: float, cores: int) -> list[str]:
@@ -156,12 +217,17 @@ def main(argv: list[str]) -> int:
         junit = Path(tmp) / "junit.xml"
         basetemp = next((a.split("=", 1)[1] for a in extra if a.startswith("--basetemp=")), None)
         own = [] if basetemp else [f"--basetemp={Path(tmp) / 'basetemp'}"]
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *own, *extra]
+        events = Path(tmp) / "events"
+        events.mkdir()
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.suite",
+               f"--junitxml={junit}", *own, *extra]
         print("running:", " ".join(cmd), flush=True)
         sampler = CpuSampler(marker=str(Path(basetemp or Path(tmp) / "basetemp").resolve()))
         busy0, total0 = busy_ticks(Path("/proc/stat").read_text())
         t0 = time.monotonic()
-        rc = sampler.run_while(lambda: subprocess.run(cmd, cwd=REPO, env=os.environ.copy()).returncode)
+        env = {**os.environ, EVENTS_ENV: str(events)}
+        rc = sampler.run_while(lambda: subprocess.run(cmd, cwd=REPO, env=env).returncode)
+        spans = read_spans(events)
         wall = time.monotonic() - t0
         busy1, total1 = busy_ticks(Path("/proc/stat").read_text())
         vm_ids = vm_test_ids()
@@ -183,6 +249,10 @@ def main(argv: list[str]) -> int:
         print(line)
     for module, seconds in sorted(per_module.items(), key=lambda kv: -kv[1]):
         print(f"  {seconds:7.1f} s  {module}")
+    print("guests' core-s by the test file that started them (boots):")
+    for module, (count, ticks) in sorted(guests_by_module(sampler.guests(), spans, tick).items(),
+                                         key=lambda kv: -kv[1][1]):
+        print(f"  {ticks / tick:7.0f} core-s  {count:3d} guests  {module}")
     print(f"load average now {os.getloadavg()[0]:.2f} (other work on this machine slows every figure)")
     if write_weights and rc == 0:
         WEIGHTS.write_text(json.dumps({m: round(s) for m, s in sorted(per_module.items())}, indent=1) + "\n")

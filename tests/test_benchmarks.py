@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,47 @@ def test_the_suite_benchmark_splits_the_cpu_between_guests_and_the_rest(tmp_path
     assert lines[0] == ("cpu: 3000 core-s busy in 2000 s on 2 cores (75 % busy); guests (qemu, 40 started, "
                         "60 core-s each): 2400 core-s; everything else: 600 core-s")
     assert lines[1] == "  the same work with every core busy: at least 25.0 min (the guests alone: 20.0 min)"
+
+
+def test_the_suite_benchmark_charges_each_guest_to_the_test_file_that_started_it(tmp_path):
+    """benchmarks/suite.py's split of the guests' core-seconds by test file: its pytest plugin writes
+    each test's span (setup to teardown) per xdist worker, with pytest-xdist for real; a guest (its
+    worker from the ``popen-gwN`` of its command line) is charged to the test its worker ran when it
+    started, and to "outside" when no test of its worker ran then."""
+    import subprocess
+
+    suite = _suite_module()
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "test_a.py").write_text("import time\n\ndef test_one():\n    time.sleep(0.2)\n")
+    (project / "test_b.py").write_text("import time\n\ndef test_two():\n    time.sleep(0.2)\n")
+    events = tmp_path / "events"
+    events.mkdir()
+    env = {**os.environ, suite.EVENTS_ENV: str(events), "PYTHONPATH": str(BENCHMARKS[0].parents[1])}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.suite",
+                          "-n", "2", "--dist", "loadfile", "-o", "addopts=", "--rootdir", str(project), str(project)],
+                         cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    spans = suite.read_spans(events)
+    assert sorted(node for worker in spans.values() for _, _, node in worker) == ["test_a.py::test_one",
+                                                                                  "test_b.py::test_two"]
+    assert set(spans) <= {"gw0", "gw1"} and all(s < e for worker in spans.values() for s, e, _ in worker)
+
+    spans = {"gw0": [(10.0, 20.0, "tests/test_x.py::test_a"), (20.5, 40.0, "tests/test_y.py::test_b")],
+             "gw1": [(5.0, 50.0, "tests/test_z.py::test_c[1]")]}
+    guests = [("gw0", 1500, 100), ("gw0", 2100, 30), ("gw0", 3000, 7), ("gw1", 1000, 50), ("gw1", 6000, 1),
+              ("", 1000, 2), ("gw0", 2025, 4)]  # tick = 100/s; 20.25 s lies between two tests of gw0
+    assert suite.guests_by_module(guests, spans, tick=100) == {
+        "tests/test_x.py": (1, 100), "tests/test_y.py": (2, 37), "tests/test_z.py": (1, 50),
+        suite.OUTSIDE: (3, 7)}
+
+    proc = tmp_path / "proc" / "21"
+    proc.mkdir(parents=True)
+    (proc / "stat").write_text(_stat(21, suite.GUEST_COMM, 30, 10, 700))
+    (proc / "cmdline").write_bytes(b"qemu-system-x86_64\0-pidfile\0/run/base/popen-gw1/testbed0/pvesim/run/100/qemu.pid\0")
+    sampler = suite.CpuSampler(proc=tmp_path / "proc", marker="/run/base")
+    sampler.run_while(lambda: None)
+    sampler.latest[(21, 700)] = 90  # sampled once more during the run
+    assert sampler.guests() == []   # it ran before the run: not started by it
+    sampler.baseline.clear()
+    assert sampler.guests() == [("gw1", 700, 90)]
