@@ -563,6 +563,46 @@ def test_a_destroy_whose_answer_is_lost_is_looked_up_not_repeated():
     assert not isinstance(info.value, OutcomeUnknown) and len(rec.calls) == 1
 
 
+def test_a_clone_request_without_an_answer_is_marked_and_its_possible_tasks_are_found():
+    """run_clone marks whether PVE answered the clone POST: a UPID or an error from PVE is an answer, a
+    read timeout after sending is not (the task may run). For an unanswered one, unanswered_clone_tasks
+    names the running clone tasks of the source by this client's token that started since the request
+    (less CLOCK_SKEW): not another user's, not an ended one, not an older one."""
+    import time as _time
+
+    from proxmoxer import ResourceException
+
+    from nixgold.proxmox.vms import CLOCK_SKEW, unanswered_clone_tasks
+
+    def lost(m: str, p: str, d: dict[str, Any]) -> Any:
+        if m == "POST":
+            raise requests.exceptions.ReadTimeout("read timed out")
+        raise AssertionError(f"unexpected {m} {p}")
+
+    def refused(m: str, p: str, d: dict[str, Any]) -> Any:
+        raise ResourceException(500, "Internal Server Error", "storage 'x' does not exist")
+
+    for answer, answered in ((lost, False), (refused, True)):
+        client, _ = fake_client(answer)
+        job = CloneJob("pve", 9004, "x", vmid=120)
+        with pytest.raises(ProxmoxError):
+            run_clone(client, job, timeout=60)
+        assert (job.requested, job.answered, job.upid) == (True, answered, None), answer.__name__
+        assert job.requested_at is not None and abs(job.requested_at - _time.time()) < 60
+
+    now = int(_time.time())
+    ours = {"upid": UPID, "user": "nixgold@pve!t", "starttime": now, "type": "qmclone", "id": "9004"}
+    listed = [ours,
+              {**ours, "upid": UPID + "b", "user": "nixgold@pve!other"},                 # another token
+              {**ours, "upid": UPID + "c", "endtime": now + 1, "status": "OK"},         # ended
+              {**ours, "upid": UPID + "d", "starttime": now - int(CLOCK_SKEW) - 100}]   # older
+    client, rec = fake_client(lambda m, p, d: listed if p == "nodes/pve/tasks" else None)
+    job = CloneJob("pve", 9004, "x", vmid=120, requested=True, requested_at=now)
+    assert unanswered_clone_tasks(client, job) == [UPID]
+    assert rec.calls == [("GET", "nodes/pve/tasks", {"source": "active", "typefilter": "qmclone", "vmid": 9004,
+                                                     "userfilter": "nixgold@pve!t", "limit": 50})]
+
+
 def make_vm(client: ProxmoxClient, vmid: int, name: str) -> int:
     destroy(client, vmid)
     client.wait_task(client.post("nodes/pve/qemu", vmid=vmid, name=name, memory=64), 60)

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -380,6 +380,42 @@ def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, clien
             assert client.task_status(upid)["exitstatus"] == "OK"
         finally:
             testbed.sim_admin.clear_faults()
+            remove_if_left(client, vmid)
+
+
+def test_cleanup_waits_for_a_clone_task_of_an_unanswered_request_that_has_not_written_the_vm_yet(testbed, client):
+    """The clone request's answer was lost and cleanup looks at once, while the task it started is still
+    before its locks: qemu-server clone_vm forks the task first and writes the new VM's temporary config
+    only once it holds the locks (the simulator's ``slow_start``), so there is no VM yet. Cleanup must not
+    conclude "never made": it waits for this user's running clone tasks of the source, then finds the
+    VM with this run's marker and destroys it. (Before: it returned at once and the clone appeared
+    after it, left on the cluster.)"""
+    from nixgold.proxmox.vms import CLOCK_SKEW, CloneJob, unanswered_clone_tasks, verify_marker
+    from nixgold.verify.clones import CloneRun
+
+    verifier = bed_verifier(testbed, client)
+    vmid = client.next_vmid()
+    job = CloneJob(node="pve", source=TEMPLATE, name="unanswered-clone", description=verify_marker(verifier.run_id),
+                   vmid=vmid, requested=True, requested_at=time.time())
+    with testbed.enter():
+        testbed.sim_admin.slow_start("POST", "/nodes/*/qemu/*/clone", seconds=4)
+        upid = None
+        try:
+            upid = client.clone("pve", TEMPLATE, vmid, name=job.name, description=job.description)
+            # ... but the answer never reached the job (job.answered stays False)
+            assert client.find_vm(vmid) is None  # the task runs, the VM is not written yet
+            assert unanswered_clone_tasks(client, job) == [upid]
+            # a clone task that started before the request (by more than the clock skew) is not its
+            assert unanswered_clone_tasks(client, replace(job, requested_at=time.time() + 2 * CLOCK_SKEW)) == []
+            c = CloneRun(index=0, job=job)
+            verifier._destroy(c)
+            client.wait_task(upid, 60)  # the lost request's task is over now, whatever cleanup did
+            assert client.find_vm(vmid) is None, "the clone appeared after cleanup concluded it was never made"
+            assert c.destroyed and client.task_status(upid)["exitstatus"] == "OK"  # it was made, then destroyed
+        finally:
+            testbed.sim_admin.clear_faults()
+            if upid:
+                client.wait_task(upid, 60)
             remove_if_left(client, vmid)
 
 

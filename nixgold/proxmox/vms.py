@@ -21,11 +21,12 @@ name prove nothing: every Packer build writes them.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from nixgold.errors import ProxmoxError, ProxmoxTaskError
-from nixgold.proxmox.client import ProxmoxClient
+from nixgold.proxmox.client import OutcomeUnknown, ProxmoxClient
 from nixgold.render.manifest import REFRESH_KEY, ManifestError, lock_marker_data, manifest_data
 
 BUILD_VM_RE = re.compile(r"-build-(\d{8}t\d{6}z-[0-9a-f]{6})$")
@@ -176,6 +177,30 @@ def settled_config(client: ProxmoxClient, node: str, vmid: int, timeout: float,
         raise
 
 
+#: How far PVE's clock may lag ours when a task's start time is compared with our request's.
+CLOCK_SKEW = 300.0
+
+
+def unanswered_clone_tasks(client: ProxmoxClient, job: CloneJob) -> list[str]:
+    """After a clone POST whose answer never came (``job.requested``, not ``job.answered``) while
+    ``job.vmid`` does not exist: the UPIDs of the running clone tasks of ``job.source`` by this client's user that started
+    no earlier than the request (less :data:`CLOCK_SKEW`). One of them may be the lost one, which
+    creates the VM later: until they are done, "no VM" does not mean "never made".
+
+    qemu-server src/PVE/API2/Qemu.pm clone_vm forks the task before it has the locks or writes anything
+    of the new VM: ``fork_worker('qmclone', $vmid, $authuser, $lock_source_vm)`` (the task's id is
+    the SOURCE's vmid; the new one is not in the UPID), then ``lock_config_shared($vmid, 1, ...)``,
+    ``lock_config_full($newid, 1, $clonefn)``, ``$load_and_check->()``, and only then
+    ``file_set_contents($conffile, "# qmclone temporary file\nlock: clone\n")``. Tasks of the same
+    source by this user are waited for too (another clone of this run): they end by themselves."""
+    since = (job.requested_at or 0.0) - CLOCK_SKEW
+    tasks = client.get(f"nodes/{job.node}/tasks", source="active", typefilter="qmclone", vmid=job.source,
+                       userfilter=client.authid, limit=50) or []
+    return [str(t["upid"]) for t in tasks
+            if t.get("user") == client.authid and float(t.get("starttime") or 0) >= since
+            and t.get("endtime") is None]
+
+
 EXISTS_RE = re.compile(r"unable to create VM (\d+): config file already exists|already exists")
 
 LOCKED_RE = re.compile(r"VM is locked \((\w[\w-]*)\)")
@@ -197,6 +222,8 @@ class CloneJob:
     vmid: int | None = None  # the id being cloned to (changes when another client takes it)
     upid: str | None = None  # the clone task while it may still be running
     requested: bool = False  # a clone POST went out (the VM may exist even if we got an error)
+    requested_at: float | None = None  # when the last clone POST went out (time.time())
+    answered: bool = False  # the last clone POST got PVE's answer (a UPID or an error), not a lost one
     done: bool = False  # the clone task ended OK: the VM exists and is ours
     attempts: int = 0
 
@@ -231,11 +258,13 @@ def run_clone(client: ProxmoxClient, job: CloneJob, *, timeout: float, allocate:
         job.attempts += 1
         if cancel is not None and cancel():
             raise ProxmoxError(f"clone to {job.vmid} cancelled")
-        job.requested = True
+        job.requested, job.requested_at, job.answered = True, time.time(), False
         try:
             job.upid = client.clone(job.node, job.source, job.vmid, name=job.name, full=job.full,
                                   description=job.description)
+            job.answered = True
         except ProxmoxError as exc:
+            job.answered = not isinstance(exc, OutcomeUnknown)
             message = str(exc)
             locked = LOCKED_RE.search(message)
             if job.attempts < attempts and EXISTS_RE.search(message):

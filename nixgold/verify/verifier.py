@@ -56,6 +56,7 @@ from nixgold.proxmox.vms import (
     owner_of,
     run_clone,
     settled_config,
+    unanswered_clone_tasks,
     verify_marker,
 )
 from nixgold.secrets import Redactor
@@ -621,6 +622,8 @@ class Verifier:
                 pass  # a failed clone task cleans up after itself
             job.upid = None
         res = client.find_vm(c.vmid)
+        if res is None and job.requested and not job.answered and not job.done:
+            res = self._wait_for_unanswered_clone(c)
         # Only a VM that carries this run's marker is ours (also when the clone request's outcome is
         # unknown, or another client took the vmid meanwhile). A clone task still running whose UPID
         # never reached us (the request cut by a signal or an error) shows PVE's temporary config,
@@ -638,6 +641,25 @@ class Verifier:
         destroy_vm(client, c.node, c.vmid, timeout=self.task_timeout, lock_wait=LOCK_WAIT)
         c.destroyed = True
         c.timings["destroy"] = time.monotonic() - t0
+
+
+    def _wait_for_unanswered_clone(self, c: CloneRun) -> dict[str, Any] | None:
+        """No VM at ``c.vmid`` although its clone request went out and got no answer: the task it may
+        have started creates the VM only once it holds its locks (unanswered_clone_tasks). Wait for
+        those tasks (bounded by task_timeout), then look again."""
+        client, job = self.client, c.job
+        pending = unanswered_clone_tasks(client, job)
+        if not pending:
+            return None
+        self.say(f"clone {c.vmid}: its clone request got no answer; waiting for {len(pending)} clone "
+                 f"task{'s' if len(pending) > 1 else ''} of {job.source} before concluding it was never made")
+        deadline = time.monotonic() + self.task_timeout
+        for upid in pending:
+            try:
+                client.wait_task(upid, max(1.0, deadline - time.monotonic()))
+            except ProxmoxTaskError:
+                pass  # a failed clone task removes what it made
+        return client.find_vm(c.vmid)
 
 
 def run_verify(config: Config, creds: Credentials, options: VerifyOptions, *, progress: Progress,

@@ -67,6 +67,9 @@ class SimAdmin:
     def slow_task(self, method: str, path: str, seconds: float, nth: int = 1) -> dict[str, Any]:
         return self.add_fault("slow_task", path, method=method, seconds=seconds, nth=nth)
 
+    def slow_start(self, method: str, path: str, seconds: float, nth: int = 1) -> dict[str, Any]:
+        return self.add_fault("slow_start", path, method=method, seconds=seconds, nth=nth)
+
     def take_vmid_on_clone(self, nth: int = 1, path: str = "/nodes/*/qemu/*/clone") -> dict[str, Any]:
         return self.add_fault("take_vmid", path, method="POST", nth=nth)
 

@@ -113,7 +113,8 @@ class TaskManager:
         """Start ``worker(task)`` in a thread and return the task once its UPID exists.
 
         A ``slow_task`` fault delays the worker's start, unless ``sleeps_itself``: the worker sleeps
-        where the real task is slow (clone: under ``lock: clone``; start: holding the config lock)."""
+        where the real task is slow (clone: under ``lock: clone``; start: holding the config lock).
+        A ``slow_start`` fault always delays the worker's start (before its locks)."""
         fired = REQUEST_FAULTS.get()
         if fired is not None:
             err = fired.get("task_error")  # type: ignore[attr-defined]
@@ -122,6 +123,9 @@ class TaskManager:
             slow = fired.get("slow_task")  # type: ignore[attr-defined]
             if slow is not None and not sleeps_itself:
                 delay = max(delay, float(slow.seconds))
+            early = fired.get("slow_start")  # type: ignore[attr-defined]
+            if early is not None:
+                delay = max(delay, float(early.seconds))
         ready = threading.Event()
         go = threading.Event()
         holder: dict = {}
