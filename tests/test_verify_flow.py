@@ -448,6 +448,49 @@ def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(t
             remove_if_left(client, vmid)
 
 
+def test_a_further_signal_during_cleanup_stops_the_wait_for_a_clone_task_and_names_the_clone(testbed, client):
+    """Cleanup waits for a clone task that still runs (up to task_timeout: minutes for a full copy) before
+    it can destroy the clone. A signal during cleanup (here a second one: the first interrupted the run)
+    ends that wait at once instead of being only counted: the clone is left and the error says why and
+    that the task may still create it; the verdict adds the `qm` commands (previous test)."""
+    from nixgold.proxmox.vms import CloneJob, verify_marker
+    from nixgold.signals import Cancel
+    from nixgold.verify.clones import CloneRun
+
+    cancel = Cancel()
+    cancel.signal("SIGINT")  # the run was interrupted: cleanup runs
+    verifier = Verifier(load_config(testbed.config_path, env={}), bed_creds(testbed), VerifyOptions(vmid=TEMPLATE),
+                        progress=Progress(stream=io.StringIO()), out=io.StringIO(), client=client, cancel=cancel)
+    said: list[str] = []
+    verifier.say = said.append  # type: ignore[method-assign]
+    vmid = client.next_vmid()
+    job = CloneJob(node="pve", source=TEMPLATE, name="slow-clone", description=verify_marker(verifier.run_id),
+                   vmid=vmid, requested=True)
+    with testbed.enter():
+        testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=30)
+        upid = None
+        try:
+            upid = client.clone("pve", TEMPLATE, vmid, name=job.name, description=job.description)
+            wait_for_clone_lock(client, vmid)
+            verifier.clones = [CloneRun(index=0, job=job)]  # its UPID never reached the job
+            again = threading.Timer(2.0, lambda: cancel.signal("SIGINT"))
+            again.start()
+            t0 = time.monotonic()
+            errors = verifier._cleanup()
+            again.join()
+            assert time.monotonic() - t0 < 15  # not the clone task's 30 s
+            (error,) = errors
+            assert error.startswith(f"could not destroy clone {vmid} (slow-clone): stopped waiting for its clone "
+                                    "task on a further signal") and f"qm destroy {vmid}" in error, error
+            assert not verifier.clones[0].destroyed
+            assert any("signal again to stop waiting and leave it" in line for line in said), said
+        finally:
+            testbed.sim_admin.clear_faults()
+            if upid:
+                client.wait_task(upid, 60)
+            remove_if_left(client, vmid)
+
+
 def test_an_interrupted_run_says_why_a_clone_was_not_destroyed_and_how_to_remove_it(testbed, client):
     """After a signal the verdict names the clones left and, under it, each cleanup error with its
     `qm` commands (they were dropped before: "clones NOT destroyed: 100" and nothing else)."""

@@ -155,7 +155,8 @@ RUNNING_RE = re.compile(r"VM \d+ is running - destroy failed")
 
 
 def settled_config(client: ProxmoxClient, node: str, vmid: int, timeout: float,
-                   say: Callable[[str], None] = lambda s: None) -> dict[str, Any] | None:
+                   say: Callable[[str], None] = lambda s: None,
+                   cancel: Callable[[], bool] | None = None) -> dict[str, Any] | None:
     """The config of ``vmid`` once no clone task writes it any more; None: no such VM.
 
     qemu-server src/PVE/API2/Qemu.pm clone_vm: the task, once it holds the locks, writes a temporary
@@ -164,13 +165,14 @@ def settled_config(client: ProxmoxClient, node: str, vmid: int, timeout: float,
     (``write_config($newid, $newconf)``), and at its end without the lock (``delete
     $newconf->{lock}``, ``write_config``). A clone task that fails removes the config (``unlink
     $conffile; # avoid races -> last thing before die``): gone, then, is None too. Waits at most
-    ``timeout`` (a clone task's own bound: a full copy on slow storage takes long)."""
+    ``timeout`` (a clone task's own bound: a full copy on slow storage takes long), or until ``cancel()``
+    (then ProxmoxError)."""
     try:
         config = client.vm_config(node, vmid)
         if config.get("lock") != "clone":
             return config
         say(f"VM {vmid} is still being cloned (lock: clone): waiting for its clone task")
-        return client.wait_unlocked(node, vmid, timeout)
+        return client.wait_unlocked(node, vmid, timeout, cancel=cancel)
     except ProxmoxError:
         if client.find_vm(vmid) is None:
             return None

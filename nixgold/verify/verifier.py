@@ -117,6 +117,7 @@ class Verifier:
         self._client = client
         self.run_id = uuid.uuid4().hex[:12]
         self.cancel = cancel or Cancel()  # signals and a failing worker set it; workers poll it
+        self._give_up: Callable[[], bool] = lambda: False  # cleanup: a further signal ends a clone-task wait
         self.check_warnings: list[str] = []  # what the check suite said about itself (shown once)
         self.clones: list[CloneRun] = []
         self._lock = threading.Lock()  # the vmids and addresses the clones of this run took
@@ -599,7 +600,11 @@ class Verifier:
             return []
         errors: list[str] = []
         n = len(todo)
-        # Not cancellable: the destroy calls do not poll the token, and signals only count meanwhile.
+        # The destroy calls do not poll the token: a signal now only counts. Waiting for a clone task
+        # (minutes, for a full copy) is the one wait a further signal ends: that clone is then left,
+        # named in the verdict with how to remove it.
+        signals = self.cancel.count
+        self._give_up = lambda: self.cancel.count > signals
         with self.progress.stage(f"destroying {n} clone{'s' if n > 1 else ''} ({', '.join(str(c.vmid) for c in todo)})"):
             with ThreadPoolExecutor(max_workers=n, thread_name_prefix="destroy") as pool:
                 futures = {pool.submit(self._destroy, c): c for c in todo}
@@ -616,10 +621,11 @@ class Verifier:
         job = c.job
         if job.upid:  # the clone task may still be running: let it finish, then destroy its result
             try:
-                client.wait_task(job.upid, self.task_timeout)
+                client.wait_task(job.upid, self.task_timeout, cancel=self._give_up)
                 job.done = True
             except ProxmoxTaskError:
-                pass  # a failed clone task cleans up after itself
+                self._check_given_up(c)
+                # else: a failed clone task cleans up after itself
             job.upid = None
         res = client.find_vm(c.vmid)
         if res is None and job.requested and not job.answered and not job.done:
@@ -628,8 +634,13 @@ class Verifier:
         # unknown, or another client took the vmid meanwhile). A clone task still running whose UPID
         # never reached us (the request cut by a signal or an error) shows PVE's temporary config,
         # without the marker (settled_config): its marker is read once that task is done.
-        config = None if res is None else settled_config(
-            client, c.node, c.vmid, LOCK_WAIT if job.done else self.task_timeout, say=self.say)
+        try:
+            config = None if res is None else settled_config(
+                client, c.node, c.vmid, LOCK_WAIT if job.done else self.task_timeout, say=self._say_wait,
+                cancel=self._give_up)
+        except ProxmoxError:
+            self._check_given_up(c)
+            raise
         if config is None:  # never made, or the clone task failed and PVE removed it
             if res is not None:
                 self.say(f"clone {c.vmid}: its clone task failed and PVE removed what it had made")
@@ -651,15 +662,27 @@ class Verifier:
         pending = unanswered_clone_tasks(client, job)
         if not pending:
             return None
-        self.say(f"clone {c.vmid}: its clone request got no answer; waiting for {len(pending)} clone "
-                 f"task{'s' if len(pending) > 1 else ''} of {job.source} before concluding it was never made")
+        self._say_wait(f"clone {c.vmid}: its clone request got no answer; waiting for {len(pending)} clone "
+                       f"task{'s' if len(pending) > 1 else ''} of {job.source} before concluding it was never made")
         deadline = time.monotonic() + self.task_timeout
         for upid in pending:
             try:
-                client.wait_task(upid, max(1.0, deadline - time.monotonic()))
+                client.wait_task(upid, max(1.0, deadline - time.monotonic()), cancel=self._give_up)
             except ProxmoxTaskError:
-                pass  # a failed clone task removes what it made
+                self._check_given_up(c)
+                # else: a failed clone task removes what it made
         return client.find_vm(c.vmid)
+
+    def _say_wait(self, message: str) -> None:
+        """A wait for a clone task during cleanup; after a signal, how to stop waiting."""
+        self.say(message + ("; signal again to stop waiting and leave it" if self.cancel.count else ""))
+
+    def _check_given_up(self, c: CloneRun) -> None:
+        """Raise, naming the clone, if a signal during cleanup ended the wait for its clone task."""
+        if self._give_up():
+            raise ProxmoxError(f"stopped waiting for its clone task on a further signal ({self.cancel.count} "
+                               f"signals); the task may still create VM {c.vmid}: remove it once the "
+                               f"task has ended")
 
 
 def run_verify(config: Config, creds: Credentials, options: VerifyOptions, *, progress: Progress,
