@@ -8,7 +8,8 @@
                     break
                 ...
         finally:
-            cleanup()                      # always runs; a signal during it only counts
+            cleanup()                      # always runs; a signal during it counts (and may
+                                           # end a long wait in it: verify's clone-task waits)
 
 A handler does nothing but record the signal: no printing, no exceptions, no locks (a handler
 runs between two bytecodes of whatever the main thread was doing). What a signal means - forward

@@ -590,15 +590,27 @@ def test_a_clone_request_without_an_answer_is_marked_and_its_possible_tasks_are_
         assert (job.requested, job.answered, job.upid) == (True, answered, None), answer.__name__
         assert job.requested_at is not None and abs(job.requested_at - _time.time()) < 60
 
+    def ok(m: str, p: str, d: dict[str, Any]) -> Any:
+        if m == "POST":
+            return UPID
+        if p.endswith("/status"):
+            return {"status": "stopped", "exitstatus": "OK"}
+        return {}  # the clone's config: not protected
+
+    client, _ = fake_client(ok)
+    job = run_clone(client, CloneJob("pve", 9004, "x", vmid=120), timeout=60)
+    assert (job.requested, job.answered, job.done) == (True, True, True)
+
     now = int(_time.time())
     ours = {"upid": UPID, "user": "nixgold@pve!t", "starttime": now, "type": "qmclone", "id": "9004"}
     listed = [ours,
               {**ours, "upid": UPID + "b", "user": "nixgold@pve!other"},                 # another token
               {**ours, "upid": UPID + "c", "endtime": now + 1, "status": "OK"},         # ended
-              {**ours, "upid": UPID + "d", "starttime": now - int(CLOCK_SKEW) - 100}]   # older
+              {**ours, "upid": UPID + "d", "starttime": now - int(CLOCK_SKEW) - 100},   # older
+              {**ours, "upid": UPID + "e", "user": "nixgold@pve", "tokenid": "t"}]      # the split form
     client, rec = fake_client(lambda m, p, d: listed if p == "nodes/pve/tasks" else None)
     job = CloneJob("pve", 9004, "x", vmid=120, requested=True, requested_at=now)
-    assert unanswered_clone_tasks(client, job) == [UPID]
+    assert unanswered_clone_tasks(client, job) == [UPID, UPID + "e"]
     assert rec.calls == [("GET", "nodes/pve/tasks", {"source": "active", "typefilter": "qmclone", "vmid": 9004,
                                                      "userfilter": "nixgold@pve!t", "limit": 50})]
 

@@ -198,9 +198,11 @@ def unanswered_clone_tasks(client: ProxmoxClient, job: CloneJob) -> list[str]:
     since = (job.requested_at or 0.0) - CLOCK_SKEW
     tasks = client.get(f"nodes/{job.node}/tasks", source="active", typefilter="qmclone", vmid=job.source,
                        userfilter=client.authid, limit=50) or []
+    # pve-manager PVE/API2/Tasks.pm lists an active task's ``user`` as the UPID has it (user@realm!token
+    # for a token); the archive splits it into ``user`` and ``tokenid``: either form is this client's
     return [str(t["upid"]) for t in tasks
-            if t.get("user") == client.authid and float(t.get("starttime") or 0) >= since
-            and t.get("endtime") is None]
+            if client.authid in (t.get("user"), f"{t.get('user')}!{t.get('tokenid')}")
+            and float(t.get("starttime") or 0) >= since and t.get("endtime") is None]
 
 
 EXISTS_RE = re.compile(r"unable to create VM (\d+): config file already exists|already exists")

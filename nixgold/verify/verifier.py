@@ -118,6 +118,9 @@ class Verifier:
         self.run_id = uuid.uuid4().hex[:12]
         self.cancel = cancel or Cancel()  # signals and a failing worker set it; workers poll it
         self._give_up: Callable[[], bool] = lambda: False  # cleanup: a further signal ends a clone-task wait
+        # how long cleanup looks for the VM or task of a clone request that got no answer (None: the
+        # client's read timeout)
+        self.unanswered_grace: float | None = None
         self.check_warnings: list[str] = []  # what the check suite said about itself (shown once)
         self.clones: list[CloneRun] = []
         self._lock = threading.Lock()  # the vmids and addresses the clones of this run took
@@ -227,7 +230,7 @@ class Verifier:
                 except NixgoldError as exc:
                     error = exc
                 finally:
-                    cleanup_errors = self._cleanup()  # signals during it only count: it always finishes
+                    cleanup_errors = self._cleanup()  # it always finishes; a signal ends only a clone-task wait
                 if self.cancel.interrupted_by and not isinstance(error, Interrupted):
                     error = Interrupted(self.cancel.interrupted_by)
                 report.clones = [CloneInfo(vmid=c.vmid, name=c.name, node=c.node, address=c.address,
@@ -623,13 +626,16 @@ class Verifier:
             try:
                 client.wait_task(job.upid, self.task_timeout, cancel=self._give_up)
                 job.done = True
-            except ProxmoxTaskError:
-                self._check_given_up(c)
+            except ProxmoxTaskError as exc:
+                self._raise_if_still_running(c, exc)
                 # else: a failed clone task cleans up after itself
             job.upid = None
         res = client.find_vm(c.vmid)
         if res is None and job.requested and not job.answered and not job.done:
             res = self._wait_for_unanswered_clone(c)
+            if res is None:  # its task failed, and PVE removed what it had made
+                c.destroyed = True
+                return
         # Only a VM that carries this run's marker is ours (also when the clone request's outcome is
         # unknown, or another client took the vmid meanwhile). A clone task still running whose UPID
         # never reached us (the request cut by a signal or an error) shows PVE's temporary config,
@@ -639,7 +645,9 @@ class Verifier:
                 client, c.node, c.vmid, LOCK_WAIT if job.done else self.task_timeout, say=self._say_wait,
                 cancel=self._give_up)
         except ProxmoxError:
-            self._check_given_up(c)
+            if self._give_up():
+                raise ProxmoxError(self._left(c, "stopped waiting for the lock: clone on it (its clone task "
+                                                 "still runs) on a further signal")) from None
             raise
         if config is None:  # never made, or the clone task failed and PVE removed it
             if res is not None:
@@ -653,36 +661,64 @@ class Verifier:
         c.destroyed = True
         c.timings["destroy"] = time.monotonic() - t0
 
-
     def _wait_for_unanswered_clone(self, c: CloneRun) -> dict[str, Any] | None:
-        """No VM at ``c.vmid`` although its clone request went out and got no answer: the task it may
-        have started creates the VM only once it holds its locks (unanswered_clone_tasks). Wait for
-        those tasks (bounded by task_timeout), then look again."""
+        """No VM at ``c.vmid`` although its clone request went out and got no answer. Its task, if PVE
+        started one, creates the VM only once it holds its locks (unanswered_clone_tasks), and PVE
+        forks it only after the request's early checks (qemu-server clone_vm: ``$load_and_check->()``,
+        then ``fork_worker``): so look (the tasks first, then the VM: a task that ends in between has
+        written it) until the VM shows up, or one of the tasks turns out to be this one and failed
+        (None), for ``unanswered_grace`` after the last task ended (the client's own read timeout:
+        PVE took longer than that to answer). Then the outcome is unknown: an error naming the clone,
+        never "destroyed"."""
         client, job = self.client, c.job
-        pending = unanswered_clone_tasks(client, job)
-        if not pending:
-            return None
-        self._say_wait(f"clone {c.vmid}: its clone request got no answer; waiting for {len(pending)} clone "
-                       f"task{'s' if len(pending) > 1 else ''} of {job.source} before concluding it was never made")
-        deadline = time.monotonic() + self.task_timeout
-        for upid in pending:
-            try:
-                client.wait_task(upid, max(1.0, deadline - time.monotonic()), cancel=self._give_up)
-            except ProxmoxTaskError:
-                self._check_given_up(c)
-                # else: a failed clone task removes what it made
-        return client.find_vm(c.vmid)
+        grace = self.unanswered_grace if self.unanswered_grace is not None else float(client.timeout)
+        deadline = time.monotonic() + grace
+        waited: set[str] = set()
+        while True:
+            pending = [u for u in unanswered_clone_tasks(client, job) if u not in waited]
+            res = client.find_vm(c.vmid)
+            if res is not None:
+                return res
+            if pending:
+                self._say_wait(f"clone {c.vmid}: its clone request got no answer; waiting for {len(pending)} "
+                               f"clone task{'s' if len(pending) > 1 else ''} of {job.source}")
+            for upid in pending:
+                waited.add(upid)
+                try:
+                    client.wait_task(upid, self.task_timeout, cancel=self._give_up)
+                except ProxmoxTaskError as exc:
+                    self._raise_if_still_running(c, exc)
+                    # qemu-server clone_vm prints "creating a clone of VM <src> with ID <newid>" once it
+                    # holds the locks; its error path removes the new VM's config ("unlink $conffile")
+                    if any(f"with ID {c.vmid}" in line for line in client.task_log_tail(upid, 50)):
+                        return None
+                deadline = time.monotonic() + grace
+            if pending:
+                continue
+            if time.monotonic() >= deadline or self._give_up():
+                raise ProxmoxError(self._left(
+                    c, f"its clone request got no answer, and neither VM {c.vmid} nor a clone task of "
+                       f"{job.source} by {client.authid} appeared within {fmt_duration(grace)}"))
+            client.sleep(1.0)
 
     def _say_wait(self, message: str) -> None:
-        """A wait for a clone task during cleanup; after a signal, how to stop waiting."""
-        self.say(message + ("; signal again to stop waiting and leave it" if self.cancel.count else ""))
+        """A wait for a clone task during cleanup, and how to stop it."""
+        self.say(message + f"; {'another' if self.cancel.count else 'a'} signal (Ctrl-C) stops the wait "
+                           f"and leaves the clone")
 
-    def _check_given_up(self, c: CloneRun) -> None:
-        """Raise, naming the clone, if a signal during cleanup ended the wait for its clone task."""
+    def _raise_if_still_running(self, c: CloneRun, exc: ProxmoxTaskError) -> None:
+        """After a wait for a clone task ended in ``exc``: raise, naming the clone, when the task may still
+        run (a further signal ended the wait, or task_timeout did); return when the task failed."""
         if self._give_up():
-            raise ProxmoxError(f"stopped waiting for its clone task on a further signal ({self.cancel.count} "
-                               f"signals); the task may still create VM {c.vmid}: remove it once the "
-                               f"task has ended")
+            raise ProxmoxError(self._left(c, f"stopped waiting for clone task {exc.upid} on a further signal"))
+        if exc.exitstatus.startswith("timeout after"):
+            raise ProxmoxError(self._left(c, f"clone task {exc.upid} still runs after "
+                                             f"{fmt_duration(self.task_timeout)} (verify.task_timeout)"))
+
+    def _left(self, c: CloneRun, why: str) -> str:
+        """Why clone ``c`` may be left, and what to check before removing it by hand."""
+        return (f"{why}: PVE may still create VM {c.vmid}; once no task of it runs, remove it only if "
+                f"its description carries '{self._marker()}'")
 
 
 def run_verify(config: Config, creds: Credentials, options: VerifyOptions, *, progress: Progress,

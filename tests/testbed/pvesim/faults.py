@@ -13,8 +13,9 @@ a regex).  It fires on matching call number ``nth`` (1-based) and the
 ``slow_task``           the task sleeps ``seconds`` in the middle (clone: while ``lock: clone``;
                         start: holding the config lock, before QEMU runs)
 ``slow_start``          the task sleeps ``seconds`` before it does anything (clone: before its locks
-                        and its temporary config; qemu-server clone_vm forks the task first, and a
-                        slow storage check or a contended lock keeps the new VM unwritten meanwhile)
+                        and its temporary config; qemu-server clone_vm forks the task first, then
+                        locks with a 1 s timeout and repeats its checks: slow storage keeps the new
+                        VM unwritten meanwhile)
 ``clone_lock_timeout``  the clone task ends ``clone failed: can't lock file
                         '/var/lock/qemu-server/lock-<newid>.conf' - got timeout``
 ``stuck_lock``          the clone task ends OK but the new VM keeps ``lock: clone``

@@ -770,6 +770,7 @@ class Node:
             conf, full = load_and_check()
         except ApiError as exc:
             raise TaskError(exc.message.strip()) from None
+        task.log(f"creating a clone of VM {vmid} with ID {newid}")  # Q clone_vm $clonefn, after $load_and_check
         self.write_raw(newid, "# qmclone temporary file\nlock: clone\n")
         created: list[str] = []
         try:
