@@ -213,16 +213,18 @@ def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     own, extra = argv[:split], argv[split + 1:]
     write_weights = "--write-weights" in own
-    with tempfile.TemporaryDirectory(prefix="nixgold-suite-") as tmp:
+    # A short base: the guests' UNIX sockets live under it (bed/pvesim/run/<vmid>/serial0.sock) and
+    # must stay under 108 bytes (sun_path); pytest's own /tmp/pytest-of-root/pytest-N is as short.
+    with tempfile.TemporaryDirectory(prefix="ngsuite-") as tmp:
         junit = Path(tmp) / "junit.xml"
         basetemp = next((a.split("=", 1)[1] for a in extra if a.startswith("--basetemp=")), None)
-        own = [] if basetemp else [f"--basetemp={Path(tmp) / 'basetemp'}"]
+        own = [] if basetemp else [f"--basetemp={Path(tmp) / 'bt'}"]
         events = Path(tmp) / "events"
         events.mkdir()
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "benchmarks.suite",
                f"--junitxml={junit}", *own, *extra]
         print("running:", " ".join(cmd), flush=True)
-        sampler = CpuSampler(marker=str(Path(basetemp or Path(tmp) / "basetemp").resolve()))
+        sampler = CpuSampler(marker=str(Path(basetemp or Path(tmp) / "bt").resolve()))
         busy0, total0 = busy_ticks(Path("/proc/stat").read_text())
         t0 = time.monotonic()
         env = {**os.environ, EVENTS_ENV: str(events)}
