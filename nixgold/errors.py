@@ -133,12 +133,15 @@ class ProxmoxError(NixgoldError):
 
 
 class ProxmoxTaskError(ProxmoxError):
-    """A Proxmox task (UPID) ended with an exitstatus other than OK/WARNINGS."""
+    """A Proxmox task (UPID) ended with an exitstatus other than OK/WARNINGS, or was no longer waited
+    for (``still_running``: a timeout or a cancel ended the wait, not the task)."""
 
-    def __init__(self, upid: str, exitstatus: str, log_tail: list[str] | None = None):
+    def __init__(self, upid: str, exitstatus: str, log_tail: list[str] | None = None, *,
+                 still_running: bool = False):
         self.upid = upid
         self.exitstatus = exitstatus
         self.log_tail = log_tail or []
+        self.still_running = still_running
         text = f"task {upid} failed: {exitstatus}"
         if self.log_tail:
             text += "\n  task log:\n" + "\n".join(f"    {line}" for line in self.log_tail)

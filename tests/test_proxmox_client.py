@@ -333,7 +333,7 @@ def test_wait_task_raises_with_the_log_tail_and_on_timeout():
     client, _ = fake_client(answer)
     with pytest.raises(ProxmoxTaskError) as info:
         client.wait_task(UPID, 60)
-    assert info.value.exitstatus == "boom" and info.value.upid == UPID
+    assert info.value.exitstatus == "boom" and info.value.upid == UPID and not info.value.still_running
     assert len(info.value.log_tail) == 20 and info.value.log_tail[-1] == "TASK ERROR: boom"
     assert "task log:" in str(info.value)
 
@@ -341,8 +341,12 @@ def test_wait_task_raises_with_the_log_tail_and_on_timeout():
     client, _ = fake_client(lambda m, p, d: [] if p.endswith("/log") else {"status": "running"})
     client.clock = lambda: now[0]
     client.sleep = lambda s: now.__setitem__(0, now[0] + max(s, 0.1))
-    with pytest.raises(ProxmoxTaskError, match=r"timeout after 5s \(task still running\)"):
+    with pytest.raises(ProxmoxTaskError, match=r"timeout after 5s \(task still running\)") as info:
         client.wait_task(UPID, 5)
+    assert info.value.still_running
+    with pytest.raises(ProxmoxTaskError, match=r"no longer waited for \(cancelled\)") as info:
+        client.wait_task(UPID, 5, cancel=lambda: True)
+    assert info.value.still_running
 
 
 def test_tasks_on_the_simulator(testbed, client):

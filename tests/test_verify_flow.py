@@ -348,6 +348,27 @@ def bed_verifier(testbed, client: ProxmoxClient) -> Verifier:
                     progress=Progress(stream=io.StringIO()), out=io.StringIO(), client=client)
 
 
+def marked_job(verifier: Verifier, client: ProxmoxClient, name: str, **fields: Any) -> Any:
+    """A clone job of ``TEMPLATE`` to a fresh vmid whose description carries ``verifier``'s marker, as
+    verify makes it (``fields``: how far its request got, e.g. ``requested=True``)."""
+    from nixgold.proxmox.vms import CloneJob, verify_marker
+
+    return CloneJob(node="pve", source=TEMPLATE, name=name, description=verify_marker(verifier.run_id),
+                    vmid=client.next_vmid(), **fields)
+
+
+def end_clone_test(testbed: Any, client: ProxmoxClient, upid: str | None, vmid: int, *, stop: bool = False) -> None:
+    """A cleanup test's teardown: no faults left; its clone task (``stop``: stopped first) over, whatever
+    it ended in; the clone it left removed."""
+    testbed.sim_admin.clear_faults()
+    if upid:
+        if stop:
+            client.delete(f"nodes/pve/tasks/{upid}")
+        with contextlib.suppress(ProxmoxError):
+            client.wait_task(upid, 60)
+    remove_if_left(client, vmid)
+
+
 def remove_if_left(client: ProxmoxClient, vmid: int) -> None:
     """What a cleanup test's clone left on the shared bed (none when the test passed)."""
     if client.find_vm(vmid) is not None:
@@ -360,13 +381,11 @@ def test_cleanup_waits_out_a_running_clone_task_it_has_no_upid_of(testbed, clien
     runs, the clone's config is PVE's temporary ``lock: clone`` one without our marker (qemu-server
     clone_vm; the simulator does the same). Cleanup waits for the task, then finds the marker and
     destroys the clone; it never destroys before it has seen the marker."""
-    from nixgold.proxmox.vms import CloneJob, verify_marker
     from nixgold.verify.clones import CloneRun
 
     verifier = bed_verifier(testbed, client)
-    vmid = client.next_vmid()
-    job = CloneJob(node="pve", source=TEMPLATE, name="cut-clone", description=verify_marker(verifier.run_id),
-                   vmid=vmid)
+    job = marked_job(verifier, client, "cut-clone")
+    vmid = job.vmid
     with testbed.enter():
         testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=4)
         try:
@@ -391,13 +410,12 @@ def test_cleanup_waits_for_a_clone_task_of_an_unanswered_request_that_has_not_wr
     conclude "never made": it waits for this user's running clone tasks of the source, then finds the
     VM with this run's marker and destroys it. (Before: it returned at once and the clone appeared
     after it, left on the cluster.)"""
-    from nixgold.proxmox.vms import CLOCK_SKEW, CloneJob, unanswered_clone_tasks, verify_marker
+    from nixgold.proxmox.vms import CLOCK_SKEW, unanswered_clone_tasks
     from nixgold.verify.clones import CloneRun
 
     verifier = bed_verifier(testbed, client)
-    vmid = client.next_vmid()
-    job = CloneJob(node="pve", source=TEMPLATE, name="unanswered-clone", description=verify_marker(verifier.run_id),
-                   vmid=vmid, requested=True, requested_at=time.time())
+    job = marked_job(verifier, client, "unanswered-clone", requested=True, requested_at=time.time())
+    vmid = job.vmid
     with testbed.enter():
         testbed.sim_admin.slow_start("POST", "/nodes/*/qemu/*/clone", seconds=8)
         upid = None
@@ -414,10 +432,7 @@ def test_cleanup_waits_for_a_clone_task_of_an_unanswered_request_that_has_not_wr
             assert client.find_vm(vmid) is None, "the clone appeared after cleanup concluded it was never made"
             assert c.destroyed and client.task_status(upid)["exitstatus"] == "OK"  # it was made, then destroyed
         finally:
-            testbed.sim_admin.clear_faults()
-            if upid:
-                client.wait_task(upid, 60)
-            remove_if_left(client, vmid)
+            end_clone_test(testbed, client, upid, vmid)
 
 
 def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(testbed, client):
@@ -425,13 +440,11 @@ def test_cleanup_counts_a_clone_whose_task_failed_while_it_waited_as_destroyed(t
     removes the clone's config on its error path (Qemu.pm clone_vm: ``unlink $conffile; # avoid races
     -> last thing before die``), so the wait meets "does not exist". Nothing is left, so the clone is
     destroyed, not one to "remove by hand"."""
-    from nixgold.proxmox.vms import CloneJob, verify_marker
     from nixgold.verify.clones import CloneRun
 
     verifier = bed_verifier(testbed, client)
-    vmid = client.next_vmid()
-    job = CloneJob(node="pve", source=TEMPLATE, name="failing-clone", description=verify_marker(verifier.run_id),
-                   vmid=vmid, requested=True)
+    job = marked_job(verifier, client, "failing-clone", requested=True)
+    vmid = job.vmid
     with testbed.enter():
         testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=30)
         try:
@@ -454,7 +467,7 @@ def test_a_further_signal_during_cleanup_stops_the_wait_for_a_clone_task_and_nam
     it can destroy the clone. A signal during cleanup (here a second one: the first interrupted the run)
     ends that wait at once instead of being only counted: the clone is left and the error says why and
     that the task may still create it; the verdict adds the `qm` commands (previous test)."""
-    from nixgold.proxmox.vms import CloneJob, verify_marker
+    from nixgold.proxmox.vms import verify_marker
     from nixgold.signals import Cancel
     from nixgold.verify.clones import CloneRun
 
@@ -464,9 +477,8 @@ def test_a_further_signal_during_cleanup_stops_the_wait_for_a_clone_task_and_nam
                         progress=Progress(stream=io.StringIO()), out=io.StringIO(), client=client, cancel=cancel)
     said: list[str] = []
     verifier.say = said.append  # type: ignore[method-assign]
-    vmid = client.next_vmid()
-    job = CloneJob(node="pve", source=TEMPLATE, name="slow-clone", description=verify_marker(verifier.run_id),
-                   vmid=vmid, requested=True)
+    job = marked_job(verifier, client, "slow-clone", requested=True)
+    vmid = job.vmid
     with testbed.enter():
         testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=30)
         upid = None
@@ -487,26 +499,19 @@ def test_a_further_signal_during_cleanup_stops_the_wait_for_a_clone_task_and_nam
                                     f"carries '{verify_marker(verifier.run_id)}'") and f"qm destroy {vmid}" in error, error
             assert not verifier.clones[0].destroyed
             assert any("another signal (Ctrl-C) stops the wait and leaves the clone" in line for line in said), said
-        finally:
-            testbed.sim_admin.clear_faults()
-            if upid:  # stop the 30 s clone task (it removes what it made) instead of waiting for it
-                client.delete(f"nodes/pve/tasks/{upid}")
-                with contextlib.suppress(ProxmoxError):
-                    client.wait_task(upid, 60)
-            remove_if_left(client, vmid)
+        finally:  # stop the 30 s clone task (it removes what it made) instead of waiting for it
+            end_clone_test(testbed, client, upid, vmid, stop=True)
 
 
 def test_an_unanswered_clone_request_whose_task_failed_counts_as_destroyed(testbed, client):
     """The lost request's task started late (slow_start) and then failed after it had taken its locks
     (its log: "creating a clone of VM <src> with ID <newid>", qemu-server clone_vm): PVE removed what it
     had made, so the clone counts as destroyed, not as left."""
-    from nixgold.proxmox.vms import CloneJob, verify_marker
     from nixgold.verify.clones import CloneRun
 
     verifier = bed_verifier(testbed, client)
-    vmid = client.next_vmid()
-    job = CloneJob(node="pve", source=TEMPLATE, name="failed-unanswered", description=verify_marker(verifier.run_id),
-                   vmid=vmid, requested=True, requested_at=time.time())
+    job = marked_job(verifier, client, "failed-unanswered", requested=True, requested_at=time.time())
+    vmid = job.vmid
     with testbed.enter():
         testbed.sim_admin.slow_start("POST", "/nodes/*/qemu/*/clone", seconds=3)
         testbed.sim_admin.slow_task("POST", "/nodes/*/qemu/*/clone", seconds=30)
@@ -521,25 +526,20 @@ def test_an_unanswered_clone_request_whose_task_failed_counts_as_destroyed(testb
             assert client.task_status(upid)["exitstatus"] != "OK"
             assert c.destroyed and client.find_vm(vmid) is None
         finally:
-            testbed.sim_admin.clear_faults()
-            if upid:
-                with contextlib.suppress(ProxmoxError):
-                    client.wait_task(upid, 60)
-            remove_if_left(client, vmid)
+            end_clone_test(testbed, client, upid, vmid)
 
 
 def test_an_unanswered_clone_request_with_nothing_to_show_for_it_is_reported_not_counted_destroyed(testbed, client):
     """No answer to the clone request, and within the grace neither the VM nor a clone task of the source
     by this token shows up (PVE may fork the task only after its early checks): the outcome is unknown,
     so the clone is not counted destroyed; the error says so and what to check before removing it."""
-    from nixgold.proxmox.vms import CloneJob, verify_marker
+    from nixgold.proxmox.vms import verify_marker
     from nixgold.verify.clones import CloneRun
 
     verifier = bed_verifier(testbed, client)
     verifier.unanswered_grace = 2.0
-    vmid = client.next_vmid()
-    job = CloneJob(node="pve", source=TEMPLATE, name="never-seen", description=verify_marker(verifier.run_id),
-                   vmid=vmid, requested=True, requested_at=time.time())
+    job = marked_job(verifier, client, "never-seen", requested=True, requested_at=time.time())
+    vmid = job.vmid
     verifier.clones = [CloneRun(index=0, job=job)]
     t0 = time.monotonic()
     (error,) = verifier._cleanup()

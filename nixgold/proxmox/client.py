@@ -355,20 +355,25 @@ class ProxmoxClient:
         u = parse_upid(upid)
         return self.get(f"nodes/{u.node}/tasks/{upid}/status")
 
-    def task_log_tail(self, upid: str, lines: int = 20) -> list[str]:
+    def task_log(self, upid: str) -> list[str]:
+        """The task's log lines (its first 5000); [] when it cannot be read."""
         u = parse_upid(upid)
         try:
             entries = self.get(f"nodes/{u.node}/tasks/{upid}/log", start=0, limit=5000)
         except ProxmoxError:
             return []
-        return [str(e.get("t", "")) for e in (entries or [])][-lines:]
+        return [str(e.get("t", "")) for e in (entries or [])]
+
+    def task_log_tail(self, upid: str, lines: int = 20) -> list[str]:
+        return self.task_log(upid)[-lines:]
 
     def wait_task(self, upid: str, timeout: float, *, interval: float = 1.0,
                   cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Poll the node named in the UPID until the task stops; raise unless OK / WARNINGS: N.
 
         Polls quickly at first (0.1 s, doubling up to ``interval``). On timeout raises
-        ProxmoxTaskError with exitstatus ``timeout after Ns (still running)``.
+        ProxmoxTaskError with exitstatus ``timeout after Ns (still running)`` (``still_running``; so
+        too when ``cancel()`` ends the wait).
         """
         parse_upid(upid)
         deadline = self.clock() + timeout
@@ -382,9 +387,9 @@ class ProxmoxClient:
                 raise ProxmoxTaskError(upid, str(exitstatus), self.task_log_tail(upid))
             if self.clock() >= deadline:
                 raise ProxmoxTaskError(upid, f"timeout after {timeout:.0f}s (task still running)",
-                                       self.task_log_tail(upid))
+                                       self.task_log_tail(upid), still_running=True)
             if cancel is not None and cancel():
-                raise ProxmoxTaskError(upid, "no longer waited for (cancelled)")
+                raise ProxmoxTaskError(upid, "no longer waited for (cancelled)", still_running=True)
             self.sleep(min(pause, max(0.0, deadline - self.clock())))
             pause = min(interval, pause * 2)
 

@@ -682,18 +682,18 @@ class Verifier:
             if pending:
                 self._say_wait(f"clone {c.vmid}: its clone request got no answer; waiting for {len(pending)} "
                                f"clone task{'s' if len(pending) > 1 else ''} of {job.source}")
-            for upid in pending:
-                waited.add(upid)
-                try:
-                    client.wait_task(upid, self.task_timeout, cancel=self._give_up)
-                except ProxmoxTaskError as exc:
-                    self._raise_if_still_running(c, exc)
-                    # qemu-server clone_vm prints "creating a clone of VM <src> with ID <newid>" once it
-                    # holds the locks; its error path removes the new VM's config ("unlink $conffile")
-                    if any(f"with ID {c.vmid}" in line for line in client.task_log_tail(upid, 50)):
-                        return None
+                for upid in pending:
+                    waited.add(upid)
+                    try:
+                        client.wait_task(upid, self.task_timeout, cancel=self._give_up)
+                    except ProxmoxTaskError as exc:
+                        self._raise_if_still_running(c, exc)
+                        # qemu-server clone_vm prints "creating a clone of VM <src> with ID <newid>" once it
+                        # holds the locks (the log's first line: a full copy's progress lines follow);
+                        # its error path removes the new VM's config ("unlink $conffile")
+                        if any(f"with ID {c.vmid}" in line for line in client.task_log(upid)):
+                            return None
                 deadline = time.monotonic() + grace
-            if pending:
                 continue
             if time.monotonic() >= deadline or self._give_up():
                 raise ProxmoxError(self._left(
@@ -709,11 +709,12 @@ class Verifier:
     def _raise_if_still_running(self, c: CloneRun, exc: ProxmoxTaskError) -> None:
         """After a wait for a clone task ended in ``exc``: raise, naming the clone, when the task may still
         run (a further signal ended the wait, or task_timeout did); return when the task failed."""
+        if not exc.still_running:
+            return
         if self._give_up():
             raise ProxmoxError(self._left(c, f"stopped waiting for clone task {exc.upid} on a further signal"))
-        if exc.exitstatus.startswith("timeout after"):
-            raise ProxmoxError(self._left(c, f"clone task {exc.upid} still runs after "
-                                             f"{fmt_duration(self.task_timeout)} (verify.task_timeout)"))
+        raise ProxmoxError(self._left(c, f"clone task {exc.upid} still runs after "
+                                         f"{fmt_duration(self.task_timeout)} (verify.task_timeout)"))
 
     def _left(self, c: CloneRun, why: str) -> str:
         """Why clone ``c`` may be left, and what to check before removing it by hand."""
